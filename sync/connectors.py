@@ -1,0 +1,255 @@
+"""Connector base classes and the record types connectors exchange with the engine.
+
+A connector talks to one kind of system. It converts everything at its edge: timestamps become
+timezone-aware UTC ``datetime``s, ids become strings, and field values become plain strings (or
+``None``) named the way the mapping file names them. The engine never sees HTTP or JSON.
+
+Reads distinguish "not found" from "could not fetch": ``fetch`` leaves an id out of its result only
+when the service said the record does not exist, and raises when it could not ask.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+from .errors import ItemError
+
+
+def utc(value: datetime) -> datetime:
+    """Return ``value`` as an aware UTC datetime; naive values are refused, not guessed."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: connectors must convert to UTC at their edge")
+    return value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """A secret a connector needs, e.g. ``SecretSpec("token", "HubSpot private-app token")``."""
+
+    name: str
+    description: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``calls`` requests per ``per_seconds`` seconds for one instance (a token bucket)."""
+
+    calls: int
+    per_seconds: float
+
+
+@dataclass
+class Deal:
+    """One CRM deal as the engine sees it."""
+
+    id: str
+    updated_at: datetime
+    fields: dict[str, str | None]
+    name: str = ""
+    url: str | None = None
+    company: str | None = None
+    stage: str | None = None
+    amount: float | None = None
+    currency: str | None = None
+    close_date: str | None = None  # ISO date
+    owner: str | None = None
+    is_open: bool = True
+
+    def __post_init__(self) -> None:
+        self.updated_at = utc(self.updated_at)
+
+    def context(self) -> dict[str, Any]:
+        """The deal facts a product manager sees on the requirement (JSON-safe)."""
+        return {
+            "id": self.id, "name": self.name, "url": self.url, "company": self.company,
+            "stage": self.stage, "amount": self.amount, "currency": self.currency,
+            "close_date": self.close_date, "owner": self.owner, "is_open": self.is_open,
+        }
+
+
+@dataclass
+class Requirement:
+    """One tracker requirement (work item, idea, task) as the engine sees it.
+
+    ``fields`` holds the tracker-side values the mapping can name: ``status`` and ``priority`` as
+    the names people see in the tracker, ``delivery`` as the expected delivery, and any property.
+    """
+
+    id: str
+    key: str
+    updated_at: datetime
+    title: str
+    description: str
+    fields: dict[str, str | None]
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        self.updated_at = utc(self.updated_at)
+
+
+@dataclass
+class NewRequirement:
+    """What the engine asks a tracker to create. ``marker`` must be findable by ``find_by_marker``."""
+
+    title: str
+    description: str
+    fields: dict[str, str | None]
+    marker: str
+
+
+@dataclass
+class RequirementChange:
+    """A partial update: only the attributes that are not ``None`` change."""
+
+    fields: dict[str, str | None] = field(default_factory=dict)
+    description: str | None = None
+    title: str | None = None
+
+    def is_empty(self) -> bool:
+        return not self.fields and self.description is None and self.title is None
+
+
+@dataclass
+class WriteResult:
+    """The outcome of one item in a (possibly batched) write."""
+
+    id: str
+    record: Any = None
+    error: ItemError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class InstanceContext:
+    """What a connector instance is built from: its config section and a way to read secrets."""
+
+    name: str
+    settings: dict[str, Any]
+    secret: Callable[[str], str]
+
+
+MARKER_RE = re.compile(r"dealsync:(?P<pair>[A-Za-z0-9_.-]+):(?P<deal>[A-Za-z0-9_.-]+)")
+
+
+def make_marker(pair: str, deal_id: str) -> str:
+    """The identity a created requirement carries so it is found again after lost state."""
+    return f"dealsync:{pair}:{deal_id}"
+
+
+class Connector:
+    """What every connector declares and offers, whichever side it is on."""
+
+    #: "crm" or "tracker"; set by the two base classes below.
+    side: ClassVar[str] = ""
+    #: the ``type`` users write in ``dealsync.toml``, e.g. "hubspot".
+    type_name: ClassVar[str] = ""
+    #: one line shown by ``dealsync plugins``.
+    summary: ClassVar[str] = ""
+    #: secrets this connector needs; looked up per instance (keyring, then environment).
+    secrets: ClassVar[tuple[SecretSpec, ...]] = ()
+    #: documented API limits, by bucket name ("default", "search", ...). Config may override them.
+    default_rate_limits: ClassVar[dict[str, RateLimit]] = {}
+    #: how many records one batch write can carry (1 when the API has no batch write).
+    batch_size: ClassVar[int] = 1
+    #: settings keys this connector accepts, with a description each (used for config validation).
+    settings_help: ClassVar[dict[str, str]] = {}
+    #: settings keys that must be present.
+    required_settings: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: InstanceContext):
+        self.ctx = ctx
+        self.name = ctx.name
+        self.settings = ctx.settings
+        self.calls: Counter[str] = Counter()
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> list[str]:
+        """Problems with an instance's settings, as ``key: what is wrong`` strings."""
+        problems = [f"{key}: required for type {cls.type_name!r}" for key in cls.required_settings
+                    if key not in settings]
+        known = set(cls.settings_help) | {"type", "rate_limits", "lookback_minutes"}
+        for key in settings:
+            if key not in known:
+                choices = ", ".join(sorted(known))
+                problems.append(f"{key}: unknown setting for type {cls.type_name!r} (known: {choices})")
+        return problems
+
+    def api_calls(self) -> dict[str, int]:
+        """API calls made so far, by endpoint label."""
+        return dict(self.calls)
+
+    def close(self) -> None:
+        """Release sessions and files; called once when the run ends."""
+
+
+class CRMConnector(Connector):
+    side = "crm"
+
+    def iter_changed(self, since: datetime | None, until: datetime,
+                     properties: list[str]) -> Iterator[Deal]:
+        """Deals modified in ``[since, until]`` (all deals when ``since`` is None), streamed page by
+        page. A deal may appear twice; the engine de-duplicates. ``properties`` are the mapped
+        field names to fill in ``Deal.fields``."""
+        raise NotImplementedError
+
+    def fetch(self, ids: list[str], properties: list[str]) -> dict[str, Deal]:
+        """The deals with these ids. An id is absent only if the CRM said it does not exist."""
+        raise NotImplementedError
+
+    def update(self, updates: list[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:
+        """Write field values onto deals, batching up to ``batch_size``. One result per input, in
+        order; a failed item carries its ``ItemError`` and does not fail the others."""
+        raise NotImplementedError
+
+    def field_options(self, field_name: str) -> list[str] | None:
+        """The allowed values of an enumerated deal field, or None if it is free text."""
+        return None
+
+    def missing_fields(self, names: Iterable[str]) -> list[str]:
+        """Which of these deal fields do not exist in the CRM (``dealsync check``)."""
+        return []
+
+    def ensure_fields(self, specs: dict[str, list[str] | None]) -> list[str]:
+        """Create the missing deal fields (name -> options, None for text); return the created."""
+        return []
+
+
+class TrackerConnector(Connector):
+    side = "tracker"
+
+    def iter_changed(self, since: datetime | None, until: datetime) -> Iterator[Requirement]:
+        """Requirements modified in ``[since, until]``, streamed; duplicates allowed."""
+        raise NotImplementedError
+
+    def fetch(self, ids: list[str]) -> dict[str, Requirement]:
+        """The requirements with these ids. An id is absent only if the tracker said it is gone."""
+        raise NotImplementedError
+
+    def find_by_key(self, key: str) -> Requirement | None:
+        """The requirement people call ``key`` (``SCR-12``), or None if there is none."""
+        raise NotImplementedError
+
+    def find_by_marker(self, marker: str) -> Requirement | None:
+        """The requirement dealsync created with this marker, or None."""
+        raise NotImplementedError
+
+    def create(self, new: NewRequirement) -> Requirement:
+        """Create a requirement. Raises ``ItemError`` on refusal. Never retried blindly."""
+        raise NotImplementedError
+
+    def update(self, req_id: str, change: RequirementChange) -> Requirement:
+        """Apply a partial change. A status change walks the workflow or raises
+        ``TransitionError`` naming the missing transition, leaving the item unchanged."""
+        raise NotImplementedError
+
+    def field_values(self, field_name: str) -> list[str] | None:
+        """The values a tracker field can take (state names, priority names), None if free."""
+        return None
