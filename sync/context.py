@@ -1,0 +1,78 @@
+"""The managed deal-context block that dealsync keeps inside a requirement's description.
+
+The block sits between two HTML comments and is rewritten as a whole; text people wrote outside
+the markers is never touched. Everything that comes from the CRM is HTML-escaped before it goes
+in. The block also carries the identity marker of a requirement dealsync created, so the
+requirement is found again even if the state store is lost.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, Iterable
+
+BEGIN = "<!-- dealsync:begin -->"
+END = "<!-- dealsync:end -->"
+_BLOCK_RE = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+
+COLUMN_TITLES = {"name": "Deal", "company": "Company", "stage": "Stage", "amount": "Amount",
+                 "close_date": "Close date", "owner": "Owner", "request": "Request"}
+
+
+def extract(description: str) -> str | None:
+    """The current managed block (markers included), or None if there is none."""
+    match = _BLOCK_RE.search(description or "")
+    return match.group(0) if match else None
+
+
+def splice(description: str, block: str) -> str:
+    """Replace the managed block, or append it after what people wrote."""
+    description = description or ""
+    if _BLOCK_RE.search(description):
+        return _BLOCK_RE.sub(lambda _m: block, description, count=1)
+    return f"{description}\n{block}" if description.strip() else block
+
+
+def open_pipeline(deals: Iterable[dict[str, Any]]) -> float:
+    return sum(d.get("amount") or 0.0 for d in deals if d.get("is_open") and not d.get("orphaned"))
+
+
+def _money(amount: float | None, currency: str | None = None) -> str:
+    if amount is None:
+        return ""
+    text = f"{amount:,.0f}" if float(amount).is_integer() else f"{amount:,.2f}"
+    return f"{text} {currency}" if currency else text
+
+
+def _cell(deal: dict[str, Any], column: str) -> str:
+    if column == "name":
+        name = html.escape(deal.get("name") or deal["id"])
+        url = deal.get("url")
+        text = f'<a href="{html.escape(url, quote=True)}">{name}</a>' if url else name
+        return text + (" (gone from the CRM)" if deal.get("orphaned") else "")
+    if column == "amount":
+        return html.escape(_money(deal.get("amount"), deal.get("currency")))
+    if column == "request":
+        return html.escape(deal.get("request") or "").replace("\n", "<br>")
+    return html.escape(str(deal.get(column) or ""))
+
+
+def render(deals: list[dict[str, Any]], columns: Iterable[str], markers: Iterable[str]) -> str:
+    """The block for a requirement asked for by ``deals`` (context dicts, see Deal.context)."""
+    columns = list(columns)
+    ordered = sorted(deals, key=lambda d: (-(d.get("amount") or 0.0), d["id"]))
+    head = "".join(f"<th>{COLUMN_TITLES[c]}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(f"<td>{_cell(d, c)}</td>" for c in columns) + "</tr>"
+                   for d in ordered)
+    currencies = {d.get("currency") for d in ordered if d.get("currency")}
+    total = _money(open_pipeline(ordered), currencies.pop() if len(currencies) == 1 else None)
+    count = sum(1 for d in ordered if d.get("is_open") and not d.get("orphaned"))
+    marker_text = "".join(f'<p data-dealsync-marker="{html.escape(m, quote=True)}">'
+                          f"<small>{html.escape(m)}</small></p>" for m in sorted(markers))
+    return (f"{BEGIN}<h3>Deals asking for this</h3>"
+            f"<p>Open pipeline: <strong>{html.escape(total or '0')}</strong> "
+            f"across {count} open deal{'s' if count != 1 else ''}</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            f"{marker_text}<p><small>Kept up to date by dealsync; edits inside this block are "
+            f"replaced.</small></p>{END}")

@@ -1,0 +1,503 @@
+"""The one HTTP client every connector uses.
+
+It owns the ``requests.Session`` (TLS verified, connect and read timeouts on every call), the
+client-side rate limiter, retries (``tenacity``), token refresh on 401, the mapping of failed
+responses to ``sync.errors`` types, redaction of secrets from logs and errors, and the per-endpoint
+call counts the run report shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Container, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+
+from .connectors import RateLimit
+from .errors import (AmbiguousWrite, AuthError, DealsyncError, ItemError, NotFound,
+                     RateLimitExhausted, RemoteError)
+
+log = logging.getLogger("dealsync.http")
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+RETRIED_5XX = frozenset({500, 502, 503, 504})
+# Transport failures worth another try. SSLError is a ConnectionError but retrying cannot fix it.
+TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError)
+BACKOFF = tenacity.wait_exponential_jitter(initial=1, max=30)
+MASK = "***"
+BODY_MESSAGE_LIMIT = 300
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+class Auth:
+    """No authentication; subclasses add headers, a way to renew them, and what to redact."""
+
+    def headers(self) -> dict[str, str]:
+        """Headers for the next attempt; called before every attempt so renewals take effect."""
+        return {}
+
+    def refresh(self) -> bool:
+        """Obtain a new credential after a 401; True means the request should be replayed."""
+        return False
+
+    def secret_values(self) -> list[str]:
+        """Values that must never appear in logs or error messages."""
+        return []
+
+
+class BearerToken(Auth):
+    """A static token (a HubSpot private-app token, say): nothing to refresh."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def secret_values(self) -> list[str]:
+        return [self.token]
+
+
+class RefreshingToken(Auth):
+    """An access token from ``fetch() -> (token, expires_at_epoch_s)``, renewed ``early_s`` before
+    it expires so a long run does not meet a 401 mid-page, and on demand after a 401."""
+
+    def __init__(self, fetch: Callable[[], tuple[str, float]], *, early_s: float = 60.0,
+                 clock: Callable[[], float] = time.time):
+        self._fetch = fetch
+        self._early_s = early_s
+        self._clock = clock
+        self._token: str | None = None
+        self._expires_at = 0.0
+        # Threads sharing one client must not all fetch a token at the same moment.
+        self._lock = threading.Lock()
+
+    def headers(self) -> dict[str, str]:
+        with self._lock:
+            if self._token is None or self._clock() >= self._expires_at - self._early_s:
+                self._renew()
+            return {"Authorization": f"Bearer {self._token}"}
+
+    def refresh(self) -> bool:
+        with self._lock:
+            self._renew()
+        return True
+
+    def secret_values(self) -> list[str]:
+        return [self._token] if self._token else []
+
+    def _renew(self) -> None:
+        self._token, self._expires_at = self._fetch()
+
+
+# --- throttling and error mapping ---------------------------------------------------------------
+
+@dataclass
+class Throttle:
+    """What a 429 means, as read by a connector-specific reader."""
+
+    wait_s: float | None  # None: exponential backoff
+    stop: bool = False  # the quota will not free up in this run: give up at once
+    message: str = ""
+
+
+def default_throttle(response: requests.Response) -> Throttle:
+    """Honour ``Retry-After`` (seconds or an HTTP date) and PingCode's ``x-pc-retry-after``
+    (reference/pingcode.md: PingCode sends only the latter)."""
+    wait_s = None
+    for header in ("x-pc-retry-after", "Retry-After"):
+        wait_s = parse_retry_after(response.headers.get(header))
+        if wait_s is not None:
+            break
+    return Throttle(wait_s=wait_s, message=body_message(response))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After``-style value, or None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT by definition
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def default_error(response: requests.Response) -> DealsyncError:
+    """Map a final non-OK response to the ``sync.errors`` type the engine acts on."""
+    status = response.status_code
+    message = describe(response)
+    if status in (401, 403):
+        return AuthError(message, hint="check the instance's secret with `dealsync auth status` "
+                                       "and that the credential has the scopes the connector needs")
+    if status == 404:
+        return NotFound(message)
+    if 400 <= status < 500:
+        return ItemError(message, retryable=False)
+    return RemoteError(message, status=status, code=body_code(response))
+
+
+def describe(response: requests.Response) -> str:
+    """``METHOD url: HTTP status: body message`` with secret-looking query parameters masked."""
+    request = response.request
+    method = request.method if request is not None else "?"
+    url = redact_params(request.url if request is not None else response.url)
+    text = f"{method} {url}: HTTP {response.status_code}"
+    detail = body_message(response)
+    return f"{text}: {detail}" if detail else text
+
+
+def body_message(response: requests.Response) -> str:
+    """The service's own explanation: ``message`` (or ``code``) of a JSON body, or short plain text.
+    Salesforce answers with a list of such objects (reference/salesforce.md)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, list) and body:
+        body = body[0]
+    if isinstance(body, dict):
+        detail = body.get("message") or body.get("code") or body.get("errorCode") or ""
+    elif response.headers.get("Content-Type", "").startswith("text/plain"):
+        detail = response.text
+    else:
+        detail = ""  # HTML error pages (Worktile's nginx 429) are noise, not an explanation
+    return _truncate(" ".join(str(detail).split()))
+
+
+def body_code(response: requests.Response) -> str | None:
+    """The service's error code, if its JSON body carries one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return None if code is None else str(code)
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= BODY_MESSAGE_LIMIT else text[:BODY_MESSAGE_LIMIT - 1] + "…"
+
+
+# --- redaction and labels -----------------------------------------------------------------------
+
+# Parameter names that carry credentials: client_secret, token, access_token, refresh_token,
+# password, api_key, HubSpot's legacy hapikey, and the OAuth authorization ``code``.
+_SECRET_PARAM = re.compile(
+    r"(?i)((?:[a-z0-9_]*(?:secret|token|password|api_?key))|(?<![a-z0-9_])code)"
+    r"=(?!\*\*\*)([^&\s#'\"]*)")  # skips values already masked, so redacting twice is harmless
+
+
+def redact_params(text: str) -> str:
+    """Mask the values of secret-looking ``name=value`` query parameters anywhere in ``text``."""
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}={MASK}", text)
+
+
+_ID_SEGMENT = re.compile(
+    r"^(?:\d+|[0-9a-fA-F]{16,}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    r"[0-9a-fA-F]{12})$")
+
+
+def endpoint_label(method: str, path: str) -> str:
+    """``GET /crm/v3/objects/deals/{id}``: one counter per endpoint, not per record."""
+    segments = urlsplit(path).path.split("/")
+    collapsed = "/".join("{id}" if _ID_SEGMENT.match(s) else s for s in segments)
+    return f"{method.upper()} {collapsed}"
+
+
+# --- rate limiting ------------------------------------------------------------------------------
+
+class _Window:
+    """A sliding window: at most ``calls`` sends in any ``per_seconds``. Unlike a token bucket
+    it never lets a burst plus a refill exceed the documented limit within one window."""
+
+    def __init__(self, limit: RateLimit):
+        self.calls = limit.calls
+        self.per_seconds = limit.per_seconds
+        self.sent: deque[float] = deque()
+
+    def wait(self, now: float) -> float:
+        """Seconds until this window has room (0 if it has room now)."""
+        while self.sent and now - self.sent[0] >= self.per_seconds:
+            self.sent.popleft()
+        if len(self.sent) < self.calls:
+            return 0.0
+        return self.sent[0] + self.per_seconds - now
+
+    def record(self, now: float) -> None:
+        self.sent.append(now)
+
+
+class RateLimiter:
+    """Sliding windows by bucket name; names without a limit are unlimited. Thread-safe."""
+
+    def __init__(self, limits: dict[str, RateLimit], sleep: Callable[[float], None],
+                 monotonic: Callable[[], float]):
+        self._windows = {name: _Window(limit) for name, limit in limits.items()}
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+
+    def acquire(self, buckets: Iterable[str]) -> None:
+        """Block until every named bucket has room, then take a slot in each at once."""
+        windows = [self._windows[b] for b in buckets if b in self._windows]
+        while True:
+            with self._lock:
+                now = self._monotonic()
+                wait = max((w.wait(now) for w in windows), default=0.0)
+                if wait <= 0:
+                    for window in windows:
+                        window.record(now)
+                    return
+            self._sleep(wait)  # outside the lock so other buckets keep flowing
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+class _Retry(Exception):
+    """An attempt failed in a way another attempt may cure (internal to ``HttpClient``)."""
+
+    def __init__(self, summary: str, *, response: requests.Response | None = None,
+                 wait_s: float | None = None):
+        super().__init__(summary)
+        self.summary = summary
+        self.response = response  # None: the attempt failed without one (connection, timeout)
+        self.wait_s = wait_s  # None: exponential backoff
+
+
+@dataclass
+class _Call:
+    """Everything about one logical request that its attempts share."""
+
+    method: str
+    url: str
+    label: str
+    buckets: tuple[str, ...]
+    idempotent: bool
+    kwargs: dict[str, Any]
+    attempts: int = 0  # across the 401 replay too, so log lines stay distinguishable
+
+
+class HttpClient:
+    """HTTP for one connector instance."""
+
+    def __init__(self, instance: str, base_url: str, *, auth: Auth | None = None,
+                 rate_limits: dict[str, RateLimit] | None = None,
+                 timeout: tuple[float, float] = (5.0, 30.0),
+                 max_attempts: int = 5, max_wait_s: float = 120.0,
+                 read_throttle: Callable[[requests.Response], Throttle] = default_throttle,
+                 map_error: Callable[[requests.Response], DealsyncError] = default_error,
+                 redact: Iterable[str] = (),
+                 sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 session: requests.Session | None = None):
+        self.instance = instance
+        self.base_url = base_url
+        self.auth = auth or Auth()
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.max_wait_s = max_wait_s
+        self.read_throttle = read_throttle
+        self.map_error = map_error
+        self.calls: Counter[str] = Counter()
+        self._redact = [value for value in redact if value]
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._limiter = RateLimiter(rate_limits or {}, sleep, monotonic)
+        self._session = session or requests.Session()
+        self._calls_lock = threading.Lock()
+
+    # public API
+
+    def request(self, method: str, path: str, *, params=None, json=None, data=None, headers=None,
+                buckets: tuple[str, ...] = ("default",), idempotent: bool | None = None,
+                label: str | None = None,
+                ok: Container[int] = (200, 201, 202, 204, 207)) -> requests.Response:
+        """Send a request with rate limiting, retries and one token refresh; return the response
+        if its status is in ``ok``, else raise the ``DealsyncError`` it maps to."""
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        call = _Call(method=method, url=self._url(path),
+                     label=label or endpoint_label(method, path), buckets=buckets,
+                     idempotent=idempotent, kwargs={"params": params, "json": json, "data": data,
+                                                    "headers": headers or {}})
+        try:
+            response = self._send_with_retries(call)
+            # A 401 means nothing was done, so replaying even a create is safe.
+            if response.status_code == 401 and self.auth.refresh():
+                response = self._send_with_retries(call)
+            if response.status_code in ok:
+                return response
+            raise self.map_error(response)
+        except DealsyncError as exc:
+            raise self._scrubbed(exc) from None
+
+    def json(self, method: str, path: str, **kwargs) -> Any:
+        """``request(...)`` then its parsed JSON body, or None if the body is empty."""
+        response = self.request(method, path, **kwargs)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise self._scrubbed(RemoteError(
+                f"{method.upper()} {response.url}: HTTP {response.status_code} but the body is "
+                f"not JSON: {_truncate(' '.join(response.text.split()))}",
+                hint="a proxy or error page may be answering instead of the API; check base_url",
+                status=response.status_code)) from None
+
+    def close(self) -> None:
+        self._session.close()
+
+    # internals
+
+    def _url(self, path: str) -> str:
+        if path.startswith(("https://", "http://")):
+            return path
+        return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+
+    def _send_with_retries(self, call: _Call) -> requests.Response:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Retry),
+            sleep=self._sleep,
+            before_sleep=lambda state: self._log_retry(call, state),
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, call)
+        except _Retry as final:
+            raise self._gave_up(call, final) from None
+
+    @staticmethod
+    def _wait(state: tenacity.RetryCallState) -> float:
+        wait_s = state.outcome.exception().wait_s  # only _Retry is retried
+        return BACKOFF(state) if wait_s is None else wait_s
+
+    def _attempt(self, call: _Call) -> requests.Response:
+        """One attempt: a response to return, ``_Retry``, or a final ``DealsyncError``."""
+        self._limiter.acquire(call.buckets)
+        with self._calls_lock:
+            self.calls[call.label] += 1
+        call.attempts += 1
+        headers = {**self.auth.headers(), **call.kwargs["headers"]}
+        started = self._monotonic()
+        try:
+            response = self._session.request(
+                call.method, call.url, params=call.kwargs["params"], json=call.kwargs["json"],
+                data=call.kwargs["data"], headers=headers, timeout=self.timeout, verify=True)
+        except requests.exceptions.SSLError as exc:
+            raise RemoteError(f"{self._where(call)}: TLS failure: {self._clean(str(exc))}",
+                              hint="TLS verification stays on; if a proxy re-signs traffic, point "
+                                   "REQUESTS_CA_BUNDLE at its CA certificate") from None
+        except TRANSPORT_ERRORS as exc:
+            self._log_attempt(call, type(exc).__name__, started)
+            raise self._transport_failure(call, exc) from None
+        except requests.RequestException as exc:
+            raise RemoteError(f"{self._where(call)}: {self._clean(str(exc))}",
+                              hint=f"check base_url of instance {self.instance!r}") from None
+        self._log_attempt(call, response.status_code, started)
+        return self._classify(call, response)
+
+    def _transport_failure(self, call: _Call, exc: Exception) -> Exception:
+        """What to raise for a failure without a response: retry only if re-sending is harmless."""
+        summary = f"{type(exc).__name__}: {self._clean(str(exc))}"
+        if not call.idempotent:
+            return AmbiguousWrite(f"{self._where(call)}: {summary}; the write may or may not "
+                                  f"have happened, so it is not re-sent")
+        return _Retry(summary)
+
+    def _classify(self, call: _Call, response: requests.Response) -> requests.Response:
+        status = response.status_code
+        if status == 429:
+            throttle = self.read_throttle(response)
+            self._check_throttle(call, throttle)
+            raise _Retry(f"HTTP 429 {throttle.message}".rstrip(), response=response,
+                         wait_s=throttle.wait_s)
+        if status in RETRIED_5XX:
+            if not call.idempotent:
+                raise AmbiguousWrite(f"{describe(response)}; the write may or may not have "
+                                     f"happened, so it is not re-sent")
+            raise _Retry(f"HTTP {status}", response=response)
+        return response
+
+    def _check_throttle(self, call: _Call, throttle: Throttle) -> None:
+        """Give up at once on a quota that will not free up soon enough to wait for."""
+        too_long = throttle.wait_s is not None and throttle.wait_s > self.max_wait_s
+        if not (throttle.stop or too_long):
+            return
+        detail = f": {throttle.message}" if throttle.message else ""
+        if throttle.wait_s is None:
+            resume = "it frees up later (often the next day)"
+        else:
+            at = datetime.now(timezone.utc) + timedelta(seconds=throttle.wait_s)
+            resume = f"{throttle.wait_s:.0f} s, at {at:%Y-%m-%d %H:%M:%S} UTC"
+        raise RateLimitExhausted(
+            f"{self._where(call)}: rate limit exhausted{detail}",
+            hint=f"the service's quota is used up; run again after {resume}",
+            status=429)
+
+    def _gave_up(self, call: _Call, final: _Retry) -> RemoteError:
+        attempts = f"after {self.max_attempts} attempt{'s' if self.max_attempts != 1 else ''}"
+        if final.response is None:
+            return RemoteError(
+                f"{self._where(call)}: {final.summary} ({attempts})",
+                hint=f"check base_url of instance {self.instance!r} and the network "
+                     f"(proxy, DNS, firewall)")
+        response = final.response
+        return RemoteError(f"{describe(response)} ({attempts})",
+                           hint="the service is failing or throttling; try again later",
+                           status=response.status_code, code=body_code(response))
+
+    def _log_attempt(self, call: _Call, outcome: int | str, started: float) -> None:
+        elapsed_ms = (self._monotonic() - started) * 1000
+        log.debug("%s: %s -> %s in %.0f ms (attempt %d)", self.instance, self._where(call), outcome,
+                  elapsed_ms, call.attempts)
+
+    def _log_retry(self, call: _Call, state: tenacity.RetryCallState) -> None:
+        failure = state.outcome.exception()
+        throttled = failure.response is not None and failure.response.status_code == 429
+        log.log(logging.INFO if throttled else logging.WARNING,
+                "%s: %s failed (%s); retrying in %.1f s (attempt %d of %d)", self.instance,
+                self._where(call), self._clean(failure.summary), state.next_action.sleep,
+                state.attempt_number + 1, self.max_attempts)
+
+    def _where(self, call: _Call) -> str:
+        return self._clean(f"{call.method} {call.url}")
+
+    def _secrets(self) -> list[str]:
+        values = {v for v in (*self.auth.secret_values(), *self._redact) if v}
+        return sorted(values, key=len, reverse=True)  # longest first: no half-masked secret
+
+    def _clean(self, text: str) -> str:
+        for value in self._secrets():
+            text = text.replace(value, MASK)
+        return redact_params(text)
+
+    def _scrubbed(self, exc: DealsyncError) -> DealsyncError:
+        """Mask every secret in an error about to leave the client."""
+        exc.message = self._clean(exc.message)
+        exc.args = (exc.message,)
+        if exc.hint:
+            exc.hint = self._clean(exc.hint)
+        return exc

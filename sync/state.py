@@ -1,0 +1,351 @@
+"""The state store: everything dealsync remembers between runs, in one SQLite file.
+
+It holds links (pair, deal, requirement), the base value of every mirrored field per link, create
+intents, cursors, the failure queue, conflicts with both values, and run records. The file runs in
+WAL mode with a schema version and forward migrations. Each applied action is written in one
+transaction, so a crash leaves either the old or the new state, never half of one.
+
+The per-pair lock is an OS file lock beside the database: it is released by the kernel when the
+process dies, so a killed run never blocks the next one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError, LockHeld
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE links (
+        pair TEXT NOT NULL, deal_id TEXT NOT NULL, req_id TEXT NOT NULL,
+        req_key TEXT NOT NULL, req_url TEXT, origin TEXT NOT NULL,
+        created_at TEXT NOT NULL, orphaned TEXT, seq INTEGER NOT NULL,
+        PRIMARY KEY (pair, deal_id, req_id));
+    CREATE INDEX links_req ON links (pair, req_id);
+    CREATE TABLE deal_context (
+        pair TEXT NOT NULL, deal_id TEXT NOT NULL, context TEXT NOT NULL,
+        PRIMARY KEY (pair, deal_id));
+    CREATE TABLE bases (
+        pair TEXT NOT NULL, deal_id TEXT NOT NULL, req_id TEXT NOT NULL, field TEXT NOT NULL,
+        crm_value TEXT, tracker_value TEXT, updated_at TEXT NOT NULL,
+        PRIMARY KEY (pair, deal_id, req_id, field));
+    CREATE TABLE intents (
+        pair TEXT NOT NULL, deal_id TEXT NOT NULL, marker TEXT NOT NULL, title TEXT,
+        created_at TEXT NOT NULL, PRIMARY KEY (pair, deal_id));
+    CREATE TABLE cursors (
+        pair TEXT NOT NULL, side TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (pair, side));
+    CREATE TABLE failures (
+        id INTEGER PRIMARY KEY, pair TEXT NOT NULL, kind TEXT NOT NULL,
+        deal_id TEXT NOT NULL DEFAULT '', req_id TEXT NOT NULL DEFAULT '',
+        error TEXT NOT NULL, retryable INTEGER NOT NULL, attempts INTEGER NOT NULL,
+        next_retry_at TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        resolved_at TEXT);
+    CREATE UNIQUE INDEX failures_open ON failures (pair, kind, deal_id, req_id)
+        WHERE resolved_at IS NULL;
+    CREATE TABLE conflicts (
+        id INTEGER PRIMARY KEY, pair TEXT NOT NULL, req_id TEXT NOT NULL, req_key TEXT,
+        field TEXT NOT NULL, deal_ids TEXT NOT NULL, crm_values TEXT NOT NULL,
+        tracker_value TEXT, policy TEXT NOT NULL, outcome TEXT,
+        status TEXT NOT NULL, created_at TEXT NOT NULL, resolved_at TEXT);
+    CREATE UNIQUE INDEX conflicts_open ON conflicts (pair, req_id, field)
+        WHERE status IN ('open', 'resolved');
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY, pair TEXT NOT NULL, started_at TEXT NOT NULL,
+        finished_at TEXT, status TEXT NOT NULL, summary TEXT NOT NULL);
+    """,
+}
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def ts(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class Link:
+    pair: str
+    deal_id: str
+    req_id: str
+    req_key: str
+    req_url: str | None
+    origin: str  # "created" | "named"
+    created_at: str
+    orphaned: str | None
+    seq: int
+
+
+@dataclass(frozen=True)
+class Base:
+    crm_value: str | None
+    tracker_value: str | None
+
+
+class StateStore:
+    """The SQLite state store. One instance per process; not shared across threads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise ConfigError([f"state store {self.path}: cannot open: {exc}"]) from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self._locks: dict[str, int] = {}
+
+    # -- schema -------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ConfigError([f"state store {self.path}: schema version {version} is newer than "
+                               f"this dealsync understands ({SCHEMA_VERSION})"],
+                              "upgrade dealsync, or point DEALSYNC_HOME at another directory")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            # The schema change and the version bump commit together.
+            self.db.executescript("BEGIN IMMEDIATE;" + MIGRATIONS[target] +
+                                  f";PRAGMA user_version={target}; COMMIT;")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: everything inside commits together or not at all."""
+        if self.db.in_transaction:
+            yield self.db
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        for fd in self._locks.values():
+            os.close(fd)
+        self._locks.clear()
+        self.db.close()
+
+    # -- locks --------------------------------------------------------------------------------
+    def lock(self, pair: str) -> None:
+        """Take the pair's lock or raise LockHeld at once."""
+        lock_dir = self.path.parent / "locks"
+        lock_dir.mkdir(exist_ok=True)
+        fd = os.open(lock_dir / f"{pair}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 100).decode(errors="replace").strip()
+            os.close(fd)
+            raise LockHeld(f"another run of pair {pair!r} is in progress ({holder or 'pid unknown'})",
+                           "wait for it to finish; runs of different pairs may run in parallel")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {ts(now_utc())}".encode())
+        self._locks[pair] = fd
+
+    def unlock(self, pair: str) -> None:
+        fd = self._locks.pop(pair, None)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- links and bases ----------------------------------------------------------------------
+    def links(self, pair: str) -> list[Link]:
+        rows = self.db.execute("SELECT * FROM links WHERE pair=? ORDER BY seq", (pair,))
+        return [Link(**dict(row)) for row in rows]
+
+    def link_count(self, pair: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM links WHERE pair=?", (pair,)).fetchone()[0]
+
+    def add_link(self, pair: str, deal_id: str, req_id: str, req_key: str, req_url: str | None,
+                 origin: str) -> None:
+        seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM links").fetchone()[0]
+        self.db.execute(
+            "INSERT INTO links (pair, deal_id, req_id, req_key, req_url, origin, created_at, seq)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET req_key=excluded.req_key,"
+            " req_url=excluded.req_url, orphaned=NULL",
+            (pair, deal_id, req_id, req_key, req_url, origin, ts(now_utc()), seq))
+
+    def update_link_key(self, pair: str, req_id: str, req_key: str, req_url: str | None) -> None:
+        self.db.execute("UPDATE links SET req_key=?, req_url=? WHERE pair=? AND req_id=?",
+                        (req_key, req_url, pair, req_id))
+
+    def set_orphaned(self, pair: str, *, deal_id: str | None = None, req_id: str | None = None,
+                     reason: str) -> None:
+        column, value = ("deal_id", deal_id) if deal_id is not None else ("req_id", req_id)
+        self.db.execute(f"UPDATE links SET orphaned=? WHERE pair=? AND {column}=? "
+                        "AND orphaned IS NULL", (reason, pair, value))
+
+    def bases(self, pair: str) -> dict[tuple[str, str, str], Base]:
+        rows = self.db.execute("SELECT deal_id, req_id, field, crm_value, tracker_value FROM bases"
+                               " WHERE pair=?", (pair,))
+        return {(r["deal_id"], r["req_id"], r["field"]): Base(r["crm_value"], r["tracker_value"])
+                for r in rows}
+
+    def set_base(self, pair: str, deal_id: str, req_id: str, field: str,
+                 crm_value: str | None, tracker_value: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO bases VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+            " crm_value=excluded.crm_value, tracker_value=excluded.tracker_value,"
+            " updated_at=excluded.updated_at",
+            (pair, deal_id, req_id, field, crm_value, tracker_value, ts(now_utc())))
+
+    def deal_contexts(self, pair: str) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT deal_id, context FROM deal_context WHERE pair=?", (pair,))
+        return {r["deal_id"]: json.loads(r["context"]) for r in rows}
+
+    def set_deal_context(self, pair: str, deal_id: str, context: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO deal_context VALUES (?,?,?) ON CONFLICT DO UPDATE SET"
+                        " context=excluded.context", (pair, deal_id, json.dumps(context)))
+
+    # -- create intents -----------------------------------------------------------------------
+    def add_intent(self, pair: str, deal_id: str, marker: str, title: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)",
+                            (pair, deal_id, marker, title, ts(now_utc())))
+
+    def clear_intent(self, pair: str, deal_id: str) -> None:
+        self.db.execute("DELETE FROM intents WHERE pair=? AND deal_id=?", (pair, deal_id))
+
+    def intents(self, pair: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM intents WHERE pair=?", (pair,))]
+
+    # -- cursors ------------------------------------------------------------------------------
+    def cursor(self, pair: str, side: str) -> datetime | None:
+        row = self.db.execute("SELECT value FROM cursors WHERE pair=? AND side=?",
+                              (pair, side)).fetchone()
+        return parse_ts(row["value"]) if row else None
+
+    def set_cursor(self, pair: str, side: str, value: datetime) -> None:
+        self.db.execute("INSERT INTO cursors VALUES (?,?,?) ON CONFLICT DO UPDATE SET"
+                        " value=excluded.value", (pair, side, ts(value)))
+
+    # -- failure queue ------------------------------------------------------------------------
+    def record_failure(self, pair: str, kind: str, deal_id: str, req_id: str, error: str,
+                       retryable: bool) -> None:
+        """Queue a failed item, or count another attempt of one already queued."""
+        now = now_utc()
+        row = self.db.execute(
+            "SELECT id, attempts FROM failures WHERE pair=? AND kind=? AND deal_id=? AND req_id=?"
+            " AND resolved_at IS NULL", (pair, kind, deal_id, req_id)).fetchone()
+        attempts = (row["attempts"] if row else 0) + 1
+        # Back off 5 min, 10, 20 ... capped at a day; items that cannot succeed by themselves
+        # wait for `dealsync retry` or for the record to change.
+        retry_at = ts(now + min(timedelta(minutes=5 * 2 ** (attempts - 1)), timedelta(days=1))) \
+            if retryable else None
+        if row:
+            self.db.execute("UPDATE failures SET error=?, retryable=?, attempts=?, next_retry_at=?,"
+                            " updated_at=? WHERE id=?",
+                            (error, int(retryable), attempts, retry_at, ts(now), row["id"]))
+        else:
+            self.db.execute(
+                "INSERT INTO failures (pair, kind, deal_id, req_id, error, retryable, attempts,"
+                " next_retry_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (pair, kind, deal_id, req_id, error, int(retryable), attempts, retry_at,
+                 ts(now), ts(now)))
+
+    def failures(self, pair: str | None = None, *, due_only: bool = False,
+                 include_resolved: bool = False) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM failures WHERE 1=1"
+        args: list[Any] = []
+        if pair:
+            sql += " AND pair=?"
+            args.append(pair)
+        if not include_resolved:
+            sql += " AND resolved_at IS NULL"
+        if due_only:
+            sql += " AND next_retry_at IS NOT NULL AND next_retry_at <= ?"
+            args.append(ts(now_utc()))
+        return [dict(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def resolve_failures(self, ids: list[int]) -> None:
+        self.db.executemany("UPDATE failures SET resolved_at=? WHERE id=?",
+                            [(ts(now_utc()), i) for i in ids])
+
+    # -- conflicts ----------------------------------------------------------------------------
+    def record_conflict(self, pair: str, req_id: str, req_key: str, field: str,
+                        deal_ids: list[str], crm_values: list[str | None],
+                        tracker_value: str | None, policy: str, outcome: str | None) -> int:
+        """Keep a conflict with both sides' values. Policy-resolved ones are kept as 'applied';
+        'ask' ones stay 'open' (one row per requirement and field, refreshed each run)."""
+        status = "open" if outcome is None else "applied"
+        values = (json.dumps(deal_ids), json.dumps(crm_values), tracker_value, policy, outcome)
+        if status == "open":
+            row = self.db.execute("SELECT id FROM conflicts WHERE pair=? AND req_id=? AND field=?"
+                                  " AND status='open'", (pair, req_id, field)).fetchone()
+            if row:
+                self.db.execute("UPDATE conflicts SET deal_ids=?, crm_values=?, tracker_value=?,"
+                                " policy=?, outcome=? WHERE id=?", (*values, row["id"]))
+                return int(row["id"])
+        cur = self.db.execute(
+            "INSERT INTO conflicts (pair, req_id, req_key, field, deal_ids, crm_values,"
+            " tracker_value, policy, outcome, status, created_at, resolved_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (pair, req_id, req_key, field, *values, status, ts(now_utc()),
+             ts(now_utc()) if status == "applied" else None))
+        return int(cur.lastrowid or 0)
+
+    def conflicts(self, pair: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM conflicts WHERE 1=1", []
+        if pair:
+            sql += " AND pair=?"
+            args.append(pair)
+        if status:
+            sql += " AND status=?"
+            args.append(status)
+        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+        for row in rows:
+            row["deal_ids"] = json.loads(row["deal_ids"])
+            row["crm_values"] = json.loads(row["crm_values"])
+        return rows
+
+    def resolve_conflict(self, conflict_id: int, tracker_value: str | None) -> None:
+        """A person chose: the value (in tracker terms) is applied by the next sync."""
+        with self.transaction():
+            self.db.execute("UPDATE conflicts SET status='resolved', outcome=?, resolved_at=?"
+                            " WHERE id=? AND status='open'",
+                            (tracker_value, ts(now_utc()), conflict_id))
+
+    def mark_conflict_applied(self, conflict_id: int) -> None:
+        self.db.execute("UPDATE conflicts SET status='applied' WHERE id=?", (conflict_id,))
+
+    # -- runs ---------------------------------------------------------------------------------
+    def record_run(self, pair: str, started_at: datetime, status: str,
+                   summary: dict[str, Any]) -> int:
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT INTO runs (pair, started_at, finished_at, status, summary) VALUES (?,?,?,?,?)",
+                (pair, ts(started_at), ts(now_utc()), status, json.dumps(summary)))
+        return int(cur.lastrowid or 0)
+
+    def runs(self, pair: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM runs", []
+        if pair:
+            sql += " WHERE pair=?"
+            args.append(pair)
+        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
+        for row in rows:
+            row["summary"] = json.loads(row["summary"])
+        return rows

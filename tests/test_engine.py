@@ -1,0 +1,271 @@
+"""Engine scenarios on the memory connectors (DESIGN.md, "The sync algorithm")."""
+
+from __future__ import annotations
+
+import pytest
+
+from sync.context import extract
+from sync.errors import SafetyStop
+from sync.state import StateStore
+
+
+def test_new_request_creates_one_requirement(h):
+    h.deal("d1", "SSO login\nWe need SAML with Okta.", name="Acme renewal", company="Acme",
+           amount="50000")
+    summary = h.sync()
+    assert summary["counts"]["created"] == 1
+    assert len(h.world.items) == 1
+    item = h.item_for("d1")
+    assert item["title"] == "SSO login"
+    assert "We need SAML with Okta." in item["description"]
+    assert "Acme renewal" in extract(item["description"])
+    assert "dealsync:p:d1" in item["description"]
+    deal = h.world.deals["d1"]["fields"]
+    assert deal["req_key"] == item["key"]
+    assert deal["req_status"] == "open" and deal["req_priority"] == "medium"
+
+
+def test_request_naming_existing_key_links_it(h):
+    existing = h.world.add_item("Audit log", "<p>PM notes</p>", status="Planned")
+    h.deal("d1", existing["key"])
+    summary = h.sync()
+    assert summary["counts"] == {**summary["counts"], "created": 0, "linked": 1}
+    assert len(h.world.items) == 1
+    assert h.world.deals["d1"]["fields"]["req_status"] == "planned"
+    assert h.world.items[existing["id"]]["description"].startswith("<p>PM notes</p>")
+
+
+def test_second_run_plans_and_writes_nothing(h):
+    for n in range(3):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.sync()
+    before = h.snapshot()
+    summary = h.sync()
+    counts = summary["counts"]
+    assert counts["created"] == counts["updated_crm"] == counts["updated_tracker"] == 0
+    assert h.snapshot() == before
+    assert h.sync(dry_run=True)["plan"] == []
+
+
+@pytest.mark.parametrize("side", ["crm", "tracker"])
+def test_change_on_either_side_crosses_over(h, side):
+    h.deal("d1", "Export to Excel")
+    h.sync()
+    item = h.item_for("d1")
+    if side == "tracker":
+        h.world.edit_item(item["id"], priority="Highest")
+    else:
+        h.world.edit_deal("d1", req_priority="highest")
+    summary = h.sync()
+    assert h.world.items[item["id"]]["priority"] == "Highest"
+    assert h.world.deals["d1"]["fields"]["req_priority"] == "highest"
+    assert summary["counts"]["updated_" + ("crm" if side == "tracker" else "tracker")] == 1
+    assert summary["counts"]["conflicts"] == 0
+
+
+@pytest.mark.parametrize("policy,expected", [("crm", "low"), ("tracker", "highest"),
+                                             ("newest", "low"), ("ask", None)])
+def test_both_sides_changed_resolved_by_policy_and_recorded(h, policy, expected):
+    h.set_policy("priority", policy)
+    h.deal("d1", "Dark mode")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.edit_item(item["id"], priority="Highest")
+    h.world.edit_deal("d1", req_priority="low")  # the deal changed last
+    summary = h.sync()
+    conflicts = h.store.conflicts("p")
+    assert len(conflicts) == 1
+    conflict = conflicts[0]
+    assert conflict["crm_values"] == ["low"] and conflict["tracker_value"] == "Highest"
+    assert conflict["policy"] == policy
+    deal_value = h.world.deals["d1"]["fields"]["req_priority"]
+    item_value = h.world.items[item["id"]]["priority"]
+    if expected is None:  # ask: both sides left alone, the conflict waits for a person
+        assert (deal_value, item_value) == ("low", "Highest")
+        assert conflict["status"] == "open" and summary["counts"]["conflicts_queued"] == 1
+        h.store.resolve_conflict(conflict["id"], "Low")
+        h.sync()
+        assert h.world.items[item["id"]]["priority"] == "Low"
+        assert h.store.conflicts("p")[0]["status"] == "applied"
+    else:
+        assert deal_value == expected
+        assert item_value == expected.capitalize()
+        assert conflict["status"] == "applied"
+    second = h.sync()
+    assert second["counts"]["updated_crm"] == second["counts"]["updated_tracker"] == 0
+
+
+def test_priority_change_on_one_of_three_deals_reaches_all(h):
+    h.deal("d1", "Offline mode")
+    h.sync()
+    key = h.item_for("d1")["key"]
+    h.deal("d2", key)
+    h.deal("d3", key)
+    h.sync()
+    h.world.edit_deal("d2", req_priority="high")
+    h.sync()
+    assert h.item_for("d1")["priority"] == "High"
+    assert {h.world.deals[d]["fields"]["req_priority"] for d in ("d1", "d2", "d3")} == {"high"}
+    block = extract(h.item_for("d1")["description"])
+    assert all(f"Deal {d}" in block for d in ("d1", "d2", "d3"))
+
+
+def test_two_deals_changing_same_field_differently_is_a_conflict(h):
+    h.deal("d1", "Webhooks")
+    h.sync()
+    key = h.item_for("d1")["key"]
+    h.deal("d2", key)
+    h.sync()
+    h.world.edit_deal("d1", req_priority="low")
+    h.world.edit_deal("d2", req_priority="highest")
+    h.sync()
+    (conflict,) = h.store.conflicts("p")
+    assert sorted(conflict["crm_values"]) == ["highest", "low"]
+    assert h.item_for("d1")["priority"] == "Highest"  # newest: d2 changed last
+    assert {h.world.deals[d]["fields"]["req_priority"] for d in ("d1", "d2")} == {"highest"}
+
+
+def test_crash_after_create_before_state_write_recovers_by_marker(h, monkeypatch):
+    h.deal("d1", "Audit trail")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(h.store, "add_link", crash)
+    with pytest.raises(KeyboardInterrupt):
+        h.sync()
+    assert len(h.world.items) == 1 and h.store.links("p") == []
+    monkeypatch.undo()
+    summary = h.sync()
+    assert len(h.world.items) == 1
+    assert summary["counts"]["relinked"] == 1 and summary["counts"]["created"] == 0
+    assert h.store.intents("p") == []
+
+
+def test_wiped_state_store_relinks_without_duplicates(h, tmp_path):
+    for n in range(4):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.sync()
+    key = h.item_for("d0")["key"]
+    h.deal("d9", key)
+    h.sync()
+    h.store.close()
+    h.store_path.unlink()
+    h.store = StateStore(tmp_path / "fresh.db")
+    summary = h.sync()
+    assert len(h.world.items) == 4
+    assert summary["counts"]["relinked"] == 4 and summary["counts"]["created"] == 0
+    assert len(h.store.links("p")) == 5
+    assert h.sync()["counts"]["updated_tracker"] == 0
+
+
+@pytest.mark.parametrize("side", ["crm", "tracker"])
+def test_side_returning_nothing_stops_the_run_without_force(h, side):
+    for n in range(3):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.sync()
+    h.world.empty.add(side)
+    before = h.snapshot()
+    with pytest.raises(SafetyStop) as err:
+        h.sync()
+    assert "--force" in err.value.hint
+    assert h.snapshot() == before
+    assert h.store.runs("p", 1)[0]["status"] == "stopped"
+    h.sync(force=True)  # an admin who checked may go on
+
+
+def test_mass_change_guard(h):
+    h.guard_min_links = 4
+    for n in range(6):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.sync()
+    for item in list(h.world.items.values()):
+        h.world.edit_item(item["id"], priority="Lowest")
+    with pytest.raises(SafetyStop, match="6 of 6 links"):
+        h.sync()
+    assert h.sync(force=True)["counts"]["updated_crm"] == 6
+
+
+def test_dry_run_writes_nothing_anywhere(h):
+    existing = h.world.add_item("Audit log")
+    h.deal("d1", "New thing")
+    h.deal("d2", existing["key"])
+    before = h.snapshot()
+    summary = h.sync(dry_run=True)
+    assert h.snapshot() == before
+    assert h.store.links("p") == [] and h.store.cursor("p", "crm") is None
+    assert h.store.bases("p") == {} and h.store.failures("p") == []
+    assert any("create requirement 'New thing'" in line for line in summary["plan"])
+    assert any(f"link deal d2" in line for line in summary["plan"])
+
+
+def test_failing_item_is_queued_rest_applied_and_retry_finishes(h):
+    for n in range(3):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.world.failing_ids.add("dealsync:p:d1")  # the tracker refuses to create d1's requirement
+    summary = h.sync()
+    assert summary["status"] == "partial"
+    assert summary["counts"]["created"] == 2 and summary["counts"]["failures"] == 1
+    (failure,) = h.store.failures("p")
+    assert failure["kind"] == "create" and failure["deal_id"] == "d1"
+    h.world.failing_ids.clear()
+    summary = h.sync(retry_all=True)
+    assert summary["counts"]["created"] == 1
+    assert h.store.failures("p") == []
+    assert len(h.world.items) == 3
+
+
+def test_failed_crm_write_is_retried_after_cursor_moved_on(h):
+    h.deal("d1", "Feature")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.failing_ids.add("d1")
+    h.world.edit_item(item["id"], status="Planned")
+    assert h.sync()["counts"]["failures"] == 1
+    h.world.failing_ids.clear()
+    h.sync(retry_all=True)
+    assert h.world.deals["d1"]["fields"]["req_status"] == "planned"
+    assert h.store.failures("p") == []
+
+
+def test_status_walks_the_workflow_and_reports_missing_transition(h):
+    h.deal("d1", "Feature")
+    h.sync()
+    h.world.edit_deal("d1", req_status="in_progress")  # Open -> Planned -> In progress
+    h.sync()
+    item = h.item_for("d1")
+    assert item["status"] == "In progress"
+    h.world.edit_deal("d1", req_status="done")
+    h.sync()
+    h.world.edit_deal("d1", req_status="not_now")  # nothing leaves Done
+    summary = h.sync()
+    assert summary["counts"]["failures"] == 1
+    assert "no transition path" in h.store.failures("p")[0]["error"]
+    assert h.item_for("d1")["status"] == "Done"
+
+
+def test_crm_text_is_escaped_in_the_context_block(h):
+    h.deal("d1", "Widget\n<script>alert(1)</script>", name="<b>Evil</b> Corp")
+    h.sync()
+    description = h.item_for("d1")["description"]
+    assert "<script>" not in description and "&lt;script&gt;" in description
+    assert "<b>Evil</b>" not in description
+
+
+def test_people_text_outside_block_survives_context_refresh(h):
+    h.deal("d1", "Feature", amount="100")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.edit_item(item["id"], description="PM wrote this.\n" + item["description"])
+    h.world.edit_deal("d1", amount="250000")
+    h.sync()
+    description = h.item_for("d1")["description"]
+    assert description.startswith("PM wrote this.\n")
+    assert "250,000" in description
+
+
+def test_cursor_never_passes_run_start_and_advances(h):
+    h.deal("d1", "Feature")
+    summary = h.sync()
+    cursor = h.store.cursor("p", "crm")
+    assert cursor is not None and cursor.isoformat() <= summary["started_at"]
