@@ -1,0 +1,591 @@
+"""The ``dealsync`` command line.
+
+One error funnel: every ``DealsyncError`` raised by a command is printed as what went wrong and
+what to do, and the process exits with the error's code (listed in ``dealsync --help``). Logs go
+to stderr; ``--json`` puts exactly one JSON document on stdout. Progress is shown only on a
+terminal and never under ``--json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any, Callable
+
+import click
+
+from . import errors
+from .config import Config, PairConfig, config_path, load_config
+from .engine import Options, run_pair
+from .errors import ConfigError, DealsyncError, PluginError
+from .manager import call_strict, describe_plugins, notify
+from .secrets import delete_secret, secret_source, set_secret
+from .state import StateStore
+
+log = logging.getLogger("dealsync")
+
+
+class FunnelGroup(click.Group):
+    """A click group whose commands share one error funnel."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DealsyncError as exc:
+            report_error(exc, debug=bool(ctx.find_root().params.get("debug")))
+            ctx.exit(exc.exit_code)
+
+
+def report_error(exc: DealsyncError, debug: bool = False) -> None:
+    if debug:
+        log.exception("details")
+    click.secho(f"Error: {exc.message}", fg="red", err=True)
+    if exc.hint:
+        click.echo(f"  What to do: {exc.hint}", err=True)
+
+
+class Context:
+    """What commands share: the config path, loaded lazily, and the state store."""
+
+    def __init__(self, config: str | None, debug: bool):
+        self.config_ref = config
+        self.debug = debug
+        self._config: Config | None = None
+        self._store: StateStore | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(config_path(self.config_ref))
+        return self._config
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            self._store = StateStore(self.config.state_path)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(cls=FunnelGroup, epilog=errors.EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-c", "--config", metavar="FILE", help="Configuration file (default: "
+              "$DEALSYNC_CONFIG, then dealsync.toml in the user config directory).")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for HTTP).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="dealsync")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, verbose: int, debug: bool) -> None:
+    """Keep CRM deals and tracker requirements in step.
+
+    Sales writes a request on a deal; dealsync creates or links the requirement in the tracker,
+    shows product managers every deal behind it, and mirrors status and priority both ways.
+
+    \b
+    Start here:
+      dealsync demo                  a full sync against local emulators, in a minute
+      dealsync init                  write an example dealsync.toml
+      dealsync auth set crm.acme token   store a secret in the system keyring
+      dealsync check                 verify mappings against the live systems
+      dealsync sync --dry-run        show what a run would do
+      dealsync run --every 5m        the scheduled job
+    """
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # urllib3 logs full request lines, query strings included: keep it out of -v/-vv.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    state = Context(config, debug)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+    if _PLUGIN_ERROR is not None:
+        raise _PLUGIN_ERROR
+
+
+def progress_printer(enabled: bool) -> Callable[[str, int], None] | None:
+    """Live counters on stderr, only for a person at a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+
+    def show(what: str, count: int) -> None:
+        click.echo(f"\r  {what}: {count:>8,}", err=True, nl=False)
+        if what.endswith("written") or what.endswith("read"):
+            click.echo("\033[K", err=True, nl=False)
+
+    return show
+
+
+def emit_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+# -- sync, retry, run ---------------------------------------------------------------------------
+def run_pairs(state: Context, pair: str | None, options: Options) -> tuple[list[dict], int]:
+    """Run each selected pair; one pair's failure does not stop the others."""
+    results, exit_code = [], errors.EXIT_OK
+    for pair_config in state.config.select(pair):
+        result = run_one(state, pair_config, options)
+        results.append(result)
+        code = result.pop("_exit", errors.EXIT_OK)
+        if code and (not exit_code or exit_code == errors.EXIT_PARTIAL):
+            exit_code = code
+    return results, exit_code
+
+
+def run_one(state: Context, pair_config: PairConfig, options: Options) -> dict[str, Any]:
+    with ExitStack() as stack:
+        try:
+            pair = pair_config.build()
+            stack.callback(pair.crm.close)
+            stack.callback(pair.tracker.close)
+            summary = run_pair(pair, state.store, options)
+        except DealsyncError as exc:
+            if options.progress:
+                click.echo("", err=True)
+            report_error(exc, state.debug)
+            return {"pair": pair_config.name, "status": "stopped", "error": exc.message,
+                    "hint": exc.hint, "_exit": exc.exit_code}
+    if options.progress:
+        click.echo("", err=True)
+    summary["_exit"] = errors.EXIT_PARTIAL if summary["status"] == "partial" else errors.EXIT_OK
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    if summary.get("error"):
+        click.echo(f"{summary['pair']}: stopped: {summary['error']}")
+        return
+    counts = summary["counts"]
+    click.echo(f"{summary['pair']}: {summary['status']} in {summary['duration_s']:.1f}s: "
+               f"{counts['deals_read']} deals and {counts['requirements_read']} requirements read")
+    parts = [f"{counts[k]} {label}" for k, label in (
+        ("created", "requirements created"), ("relinked", "re-linked by marker"),
+        ("linked", "deals linked to existing requirements"),
+        ("updated_tracker", "requirements updated"), ("updated_crm", "deals updated"),
+        ("conflicts", "conflicts settled by policy"), ("conflicts_queued", "conflicts waiting"),
+        ("failures", "failed (queued for retry)"), ("orphaned", "links orphaned")) if counts[k]]
+    click.echo("  " + (", ".join(parts) if parts else "nothing to do"))
+    calls = ", ".join(f"{name} {n}" for name, n in summary["api_calls"].items())
+    click.echo(f"  API calls: {calls}")
+    for line in summary.get("plan", []):
+        click.echo(f"  would {line}")
+    for error in summary.get("errors", []):
+        click.echo(f"  ! {error}", err=True)
+
+
+def sync_options(func: Callable) -> Callable:
+    for option in reversed([
+        click.option("--pair", "pair", metavar="NAME", help="Only this pair (default: all)."),
+        click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout."),
+        click.option("--force", is_flag=True,
+                     help="Go past the safety guards (mass change, a side returning nothing)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _sync(state: Context, pair: str | None, as_json: bool, options: Options) -> None:
+    options.notify = notify
+    options.progress = progress_printer(not as_json)
+    results, code = run_pairs(state, pair, options)
+    if as_json:
+        emit_json({"pairs": results, "exit_code": code})
+    else:
+        for summary in results:
+            print_summary(summary)
+    sys.exit(code) if code else None
+
+
+@cli.command()
+@sync_options
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing anywhere.")
+@pass_ctx
+def sync(state: Context, pair: str | None, as_json: bool, force: bool, dry_run: bool) -> None:
+    """Run every pair once (or one with --pair).
+
+    Reads what changed on both sides since the last run, links or creates the requirements
+    new requests ask for, mirrors status and priority, refreshes the deal context on each
+    requirement, and retries queued items that are due.
+    """
+    _sync(state, pair, as_json, Options(dry_run=dry_run, force=force))
+
+
+@cli.command()
+@sync_options
+@pass_ctx
+def retry(state: Context, pair: str | None, as_json: bool, force: bool) -> None:
+    """Run now, retrying every queued failed item, due or not."""
+    _sync(state, pair, as_json, Options(force=force, retry_all=True))
+
+
+def parse_interval(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{text!r}: use a number with s, m or h, e.g. 5m") from None
+    if value < 10:
+        raise click.BadParameter("run at most every 10 seconds, to stay inside rate limits")
+    return value
+
+
+@cli.command()
+@click.option("--every", default="5m", show_default=True, help="Interval: 30s, 5m, 1h.")
+@click.option("--pair", metavar="NAME", help="Only this pair (default: all).")
+@pass_ctx
+def run(state: Context, every: str, pair: str | None) -> None:
+    """The scheduled job: sync, sleep, repeat. SIGTERM or Ctrl-C stops it after the current run."""
+    interval = parse_interval(every)
+    stopping = {"now": False}
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping["now"] = True
+        log.warning("signal %s: stopping after the current run", signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping["now"]:
+        results, _code = run_pairs(state, pair, Options(notify=notify))
+        for summary in results:
+            print_summary(summary)
+        deadline = time.monotonic() + interval
+        while not stopping["now"] and time.monotonic() < deadline:
+            time.sleep(min(1.0, deadline - time.monotonic()))
+    click.echo("stopped", err=True)
+
+
+# -- setting up --------------------------------------------------------------------------------
+EXAMPLE_CONFIG = """\
+# dealsync configuration. Secrets never go here: use `dealsync auth set INSTANCE NAME`
+# or DEALSYNC_<INSTANCE>_<NAME> environment variables.
+
+[crm.acme]                      # a CRM instance called "acme"
+type = "hubspot"
+# portal_id = "1234567"         # makes deal links clickable in the tracker
+# lookback_minutes = 10         # re-read this much before the cursor (search index lag)
+
+[tracker.rd]                    # a tracker instance called "rd"
+type = "pingcode"
+project = "SCR"                 # the project identifier
+# work_item_type = "story"
+
+[pair.acme-rd]                  # one CRM instance synced with one tracker instance
+crm = "acme"
+tracker = "rd"
+mapping = "hubspot-pingcode"    # a shipped mapping, or a path to your own
+# max_change_share = 0.5        # stop if a run would change more than half the links
+"""
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_context
+def init(ctx: click.Context, force: bool) -> None:
+    """Write an example dealsync.toml where dealsync looks for it (or to -c FILE)."""
+    path = config_path(ctx.find_root().params.get("config"))
+    if path.exists() and not force:
+        raise DealsyncError(f"{path} exists already", "pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    click.echo(f"wrote {path}\nnext: edit it, then `dealsync auth set acme token`, "
+               "`dealsync check` and `dealsync sync --dry-run`")
+
+
+@cli.command()
+@click.option("--pair", metavar="NAME", help="Only this pair.")
+@click.option("--fix", is_flag=True, help="Create the missing CRM deal properties.")
+@pass_ctx
+def check(state: Context, pair: str | None, fix: bool) -> None:
+    """Check each pair against the live systems.
+
+    Every value table must cover the tracker's live states and priorities, every CRM value
+    must be an option of its deal property, and the deal properties dealsync reads and writes
+    must exist (--fix creates them).
+    """
+    problems: list[str] = []
+    for pair_config in state.config.select(pair):
+        with ExitStack() as stack:
+            built = pair_config.build()
+            stack.callback(built.crm.close)
+            stack.callback(built.tracker.close)
+            problems += check_pair(pair_config, built, fix)
+    if problems:
+        raise ConfigError(problems, "edit the mapping's value tables, or run `dealsync check "
+                          "--fix` to create missing CRM properties")
+    click.echo("all pairs check out")
+
+
+def check_pair(pair_config: PairConfig, built: Any, fix: bool) -> list[str]:
+    mapping = pair_config.mapping
+    tracker_values = {f.tracker: built.tracker.field_values(f.tracker) for f in mapping.fields}
+    wanted: dict[str, list[str] | None] = {
+        f.crm: sorted(set(f.values.values())) if f.values else None for f in mapping.fields}
+    for name in (mapping.key_field, mapping.url_field, mapping.request_field):
+        if name:
+            wanted.setdefault(name, None)
+    missing = built.crm.missing_fields(wanted)
+    if missing and fix:
+        created = built.crm.ensure_fields({name: wanted[name] for name in missing})
+        click.echo(f"{pair_config.name}: created CRM properties {', '.join(created)}")
+        missing = [name for name in missing if name not in created]
+    problems = [f"{pair_config.name}: CRM property {name!r} does not exist (dealsync check --fix "
+                "creates it)" for name in missing]
+    crm_options = {f.crm: built.crm.field_options(f.crm) for f in mapping.fields}
+    problems += mapping.coverage_problems(tracker_values, crm_options)
+    if not problems:
+        click.echo(f"{pair_config.name}: ok ({mapping.source})")
+    return problems
+
+
+# -- inspecting state ---------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_ctx
+def status(state: Context, as_json: bool) -> None:
+    """The last run of each pair, and what waits: failures, conflicts, orphaned links."""
+    store, doc = state.store, []
+    for name in state.config.pairs:
+        links = store.links(name)
+        last = store.runs(name, 1)
+        doc.append({
+            "pair": name, "last_run": last[0] if last else None,
+            "links": len(links), "orphaned_links": [l.__dict__ for l in links if l.orphaned],
+            "failures": len(store.failures(name)),
+            "open_conflicts": len(store.conflicts(name, status="open")),
+            "cursors": {side: (c.isoformat() if (c := store.cursor(name, side)) else None)
+                        for side in ("crm", "tracker")}})
+    if as_json:
+        emit_json(doc)
+        return
+    for entry in doc:
+        last = entry["last_run"]
+        click.echo(f"{entry['pair']}: {entry['links']} links, {entry['failures']} queued failures, "
+                   f"{entry['open_conflicts']} open conflicts")
+        if last:
+            counts = last["summary"]["counts"]
+            click.echo(f"  last run {last['finished_at']} {last['status']}: "
+                       + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+        else:
+            click.echo("  never run: try `dealsync sync --dry-run`")
+        for orphan in entry["orphaned_links"]:
+            click.echo(f"  orphaned: deal {orphan['deal_id']} <-> {orphan['req_key']}: "
+                       f"{orphan['orphaned']}")
+
+
+@cli.command()
+@click.option("--pair", metavar="NAME", help="Only this pair.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_ctx
+def links(state: Context, pair: str | None, as_json: bool) -> None:
+    """Every link: deal, requirement, how it was made, and whether it is orphaned."""
+    rows = [link.__dict__ for p in state.config.select(pair) for link in state.store.links(p.name)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no links yet")
+    for row in rows:
+        flag = f"  ORPHANED: {row['orphaned']}" if row["orphaned"] else ""
+        click.echo(f"{row['pair']}  deal {row['deal_id']:<14} {row['req_key']:<10} "
+                   f"{row['origin']:<8} {row['req_title'] or ''}{flag}")
+
+
+@cli.group(cls=FunnelGroup, invoke_without_command=True)
+@click.option("--pair", metavar="NAME", help="Only this pair.")
+@click.option("--all", "show_all", is_flag=True, help="Include conflicts settled by policy.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_context
+def conflicts(ctx: click.Context, pair: str | None, show_all: bool, as_json: bool) -> None:
+    """List conflicts (open ones by default); `conflicts resolve` settles one.
+
+    Every conflict is kept with both sides' values, including those a policy settled.
+    """
+    if ctx.invoked_subcommand:
+        return
+    state: Context = ctx.obj
+    rows = [c for p in state.config.select(pair)
+            for c in state.store.conflicts(p.name, None if show_all else "open")]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no open conflicts" if not show_all else "no conflicts")
+    for c in rows:
+        deals = ", ".join(f"deal {d}={v!r}" for d, v in zip(c["deal_ids"], c["crm_values"]))
+        outcome = f" -> {c['outcome']!r}" if c["outcome"] is not None else ""
+        click.echo(f"#{c['id']} {c['pair']} {c['req_key']} {c['field']}: tracker "
+                   f"{c['tracker_value']!r} vs {deals} [{c['policy']}, {c['status']}{outcome}]")
+
+
+@conflicts.command("resolve")
+@click.argument("conflict_id", type=int)
+@click.option("--take", type=click.Choice(["crm", "tracker"]), help="Keep one side's value.")
+@click.option("--value", help="Set this value (as the tracker names it) on both sides.")
+@pass_ctx
+def conflicts_resolve(state: Context, conflict_id: int, take: str | None,
+                      value: str | None) -> None:
+    """Settle an open conflict; the next sync applies the choice to both sides."""
+    if (take is None) == (value is None):
+        raise click.UsageError("give exactly one of --take crm|tracker or --value VALUE")
+    row = next((c for c in state.store.conflicts(status="open") if c["id"] == conflict_id), None)
+    if row is None:
+        raise DealsyncError(f"no open conflict #{conflict_id}",
+                            "list them with `dealsync conflicts`")
+    mapping = state.config.pairs[row["pair"]].mapping
+    fm = next(f for f in mapping.fields if f.name == row["field"])
+    if take == "tracker":
+        chosen = row["tracker_value"]
+    elif take == "crm":
+        distinct = set(row["crm_values"])
+        if len(distinct) != 1:
+            raise DealsyncError(f"the deals disagree among themselves ({sorted(distinct)})",
+                                "choose one with --value")
+        chosen = fm.to_tracker(distinct.pop())
+    else:
+        allowed = list(fm.values) if fm.values else None
+        if allowed is not None and value not in allowed:
+            raise DealsyncError(f"{value!r} is not a tracker value of {fm.name}",
+                                f"use one of: {', '.join(allowed)}")
+        chosen = value
+    state.store.resolve_conflict(conflict_id, chosen)
+    click.echo(f"conflict #{conflict_id} resolved: {fm.name} = {chosen!r} on the next sync")
+
+
+@cli.command()
+@click.option("--pair", metavar="NAME", help="Only this pair.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@pass_ctx
+def report(state: Context, pair: str | None, fmt: str) -> None:
+    """Requirements ranked by the open pipeline asking for them (from the last sync)."""
+    rows = pipeline_report(state.store, [p.name for p in state.config.select(pair)])
+    if fmt == "json":
+        emit_json(rows)
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["key"])
+        writer.writeheader()
+        writer.writerows({**r, "companies": "; ".join(r["companies"])} for r in rows)
+        click.echo(out.getvalue(), nl=False)
+    else:
+        click.echo(format_report(rows))
+
+
+def pipeline_report(store: StateStore, pairs: list[str]) -> list[dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in pairs:
+        contexts = store.deal_contexts(name)
+        for link in store.links(name):
+            if link.orphaned:
+                continue
+            row = rows.setdefault((name, link.req_id), {
+                "pair": name, "key": link.req_key, "title": link.req_title, "url": link.req_url,
+                "open_pipeline": 0.0, "open_deals": 0, "deals": 0, "companies": []})
+            deal = contexts.get(link.deal_id, {})
+            row["deals"] += 1
+            if deal.get("is_open"):
+                row["open_deals"] += 1
+                row["open_pipeline"] += deal.get("amount") or 0.0
+            if deal.get("company") and deal["company"] not in row["companies"]:
+                row["companies"].append(deal["company"])
+    return sorted(rows.values(), key=lambda r: (-r["open_pipeline"], r["key"]))
+
+
+def format_report(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no linked requirements yet"
+    lines = [f"{'Requirement':<10} {'Open pipeline':>14} {'Deals':>6}  {'Title':<40} Companies"]
+    for r in rows:
+        title = (r["title"] or "")[:40]
+        lines.append(f"{r['key']:<10} {r['open_pipeline']:>14,.0f} {r['open_deals']:>3}/"
+                     f"{r['deals']:<2}  {title:<40} {', '.join(r['companies'])}")
+    return "\n".join(lines)
+
+
+# -- plugins and secrets ------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def plugins(as_json: bool) -> None:
+    """Installed plugins (built-ins included), their versions, hooks and connectors."""
+    rows = describe_plugins()
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        kind = "built-in" if row["builtin"] else "plugin"
+        click.echo(f"{row['name']} {row['version']} ({kind})")
+        click.echo(f"  hooks: {', '.join(row['hooks']) or '-'}")
+        if row["connectors"]:
+            click.echo(f"  connectors: {', '.join(row['connectors'])}")
+
+
+@cli.group(cls=FunnelGroup)
+def auth() -> None:
+    """Store, check and delete secrets (system keyring, or DEALSYNC_<INSTANCE>_<NAME>)."""
+
+
+@auth.command("set")
+@click.argument("instance")
+@click.argument("name")
+def auth_set(instance: str, name: str) -> None:
+    """Store secret NAME of INSTANCE in the keyring; the value is prompted for, never an argument."""
+    value = click.prompt(f"{name} for {instance}", hide_input=True, confirmation_prompt=True)
+    set_secret(instance, name, value)
+    click.echo(f"stored {name} for {instance} in the system keyring")
+
+
+@auth.command("delete")
+@click.argument("instance")
+@click.argument("name")
+def auth_delete(instance: str, name: str) -> None:
+    """Remove secret NAME of INSTANCE from the keyring."""
+    removed = delete_secret(instance, name)
+    click.echo(f"deleted {name} for {instance}" if removed else
+               f"{name} for {instance} was not in the keyring")
+
+
+@auth.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_ctx
+def auth_status(state: Context, as_json: bool) -> None:
+    """Where each configured secret comes from (keyring, environment, missing); never its value."""
+    rows = [{"instance": inst.name, "side": inst.side, "secret": spec.name,
+             "required": spec.required, "source": secret_source(inst.name, spec.name)}
+            for inst in state.config.instances.values() for spec in inst.cls.secrets]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no configured instance needs a secret")
+    for row in rows:
+        click.echo(f"{row['side']}.{row['instance']} {row['secret']}: {row['source']}")
+    if any(r["source"] == "missing" and r["required"] for r in rows):
+        sys.exit(errors.EXIT_AUTH)
+
+
+# -- plugin commands ----------------------------------------------------------------------------
+_PLUGIN_ERROR: PluginError | None = None
+try:
+    call_strict("register_commands", cli=cli)
+except PluginError as exc:  # reported when a command runs, so --help still works
+    _PLUGIN_ERROR = exc
+
+
+def main() -> None:
+    cli(prog_name="dealsync")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The command line over a memory-backed config: real files, click's runner, no network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from plugins.memory import World
+from sync.cli import cli
+
+DATA = Path(__file__).parent / "data"
+
+CONFIG = """
+[crm.sales]
+type = "memory"
+path = "crm.json"
+
+[tracker.rd]
+type = "memory"
+path = "tracker.json"
+
+[pair.sales-rd]
+crm = "sales"
+tracker = "rd"
+mapping = "memory-mapping.toml"
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEALSYNC_HOME", str(tmp_path / "home"))
+    shutil.copy(DATA / "memory-mapping.toml", tmp_path)
+    (tmp_path / "dealsync.toml").write_text(CONFIG)
+    crm = World()
+    crm.add_deal("d1", name="Acme", company="Acme", amount="1000", request="SSO",
+                 pipeline="sales")
+    crm.add_deal("d2", name="Globex", company="Globex", amount="500", request="Audit log",
+                 pipeline="sales")
+    (tmp_path / "crm.json").write_text(json.dumps(crm.to_json()))
+    return tmp_path
+
+
+def invoke(workdir: Path, *args: str):
+    return CliRunner().invoke(cli, ["-c", str(workdir / "dealsync.toml"), *args],
+                              catch_exceptions=False)
+
+
+def load(workdir: Path, name: str) -> World:
+    return World.from_json(json.loads((workdir / name).read_text()))
+
+
+def test_sync_json_prints_one_document_with_counts(workdir):
+    result = invoke(workdir, "sync", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    (pair,) = doc["pairs"]
+    assert pair["pair"] == "sales-rd" and pair["status"] == "ok"
+    assert pair["counts"]["created"] == 2 and pair["counts"]["updated_crm"] == 2
+    assert pair["counts"]["failures"] == pair["counts"]["conflicts"] == 0
+    assert pair["api_calls"]["sales"] > 0 and pair["api_calls"]["rd"] > 0
+    assert len(load(workdir, "tracker.json").items) == 2
+    again = json.loads(invoke(workdir, "sync", "--json").stdout)["pairs"][0]
+    assert again["counts"]["created"] == again["counts"]["updated_crm"] == 0
+
+
+def test_status_shows_the_last_run(workdir):
+    invoke(workdir, "sync")
+    result = invoke(workdir, "status")
+    assert result.exit_code == 0
+    assert "sales-rd: 2 links" in result.output
+    assert "last run" in result.output and "created 2" in result.output
+    doc = json.loads(invoke(workdir, "status", "--json").stdout)
+    assert doc[0]["last_run"]["summary"]["counts"]["created"] == 2
+
+
+def test_links_report_and_conflicts(workdir):
+    invoke(workdir, "sync")
+    links = json.loads(invoke(workdir, "links", "--json").stdout)
+    assert {l["deal_id"] for l in links} == {"d1", "d2"}
+    report = json.loads(invoke(workdir, "report", "--format", "json").stdout)
+    assert [r["title"] for r in report] == ["SSO", "Audit log"]  # ranked by open pipeline
+    assert report[0]["open_pipeline"] == 1000
+    csv_text = invoke(workdir, "report", "--format", "csv").stdout
+    assert csv_text.splitlines()[0].startswith("pair,key,title")
+    assert invoke(workdir, "conflicts").output.strip() == "no open conflicts"
+
+
+def test_dry_run_prints_plan_and_changes_nothing(workdir):
+    before = (workdir / "crm.json").read_text()
+    result = invoke(workdir, "sync", "--dry-run")
+    assert result.exit_code == 0
+    assert "would create requirement 'SSO'" in result.output
+    assert (workdir / "crm.json").read_text() == before
+    assert not (workdir / "tracker.json").exists()
+
+
+def test_config_with_three_mistakes_reports_all_three(workdir):
+    broken = (CONFIG.replace('path = "crm.json"', 'colour = "red"')
+              .replace('tracker = "rd"\nmapping', 'tracker = "qa"\nmapping')
+              + "max_change_share = 2\n")
+    (workdir / "dealsync.toml").write_text(broken)
+    result = CliRunner().invoke(cli, ["-c", str(workdir / "dealsync.toml"), "sync"])
+    assert result.exit_code == 2
+    text = result.stderr
+    assert "3 problems" in text
+    assert "dealsync.toml: crm.sales.colour: unknown setting" in text
+    assert "dealsync.toml: pair.sales-rd.tracker: no [tracker.qa] instance (defined: rd)" in text
+    assert "dealsync.toml: pair.sales-rd.max_change_share: must be a number" in text
+    assert "Traceback" not in text
+
+
+def test_unknown_connector_type_names_installed_ones(workdir):
+    (workdir / "dealsync.toml").write_text(CONFIG.replace('type = "memory"', 'type = "hubspott"', 1))
+    result = CliRunner().invoke(cli, ["-c", str(workdir / "dealsync.toml"), "status"])
+    assert result.exit_code == 2
+    assert "unknown crm connector type 'hubspott' (installed: " in result.stderr
+    assert "memory" in result.stderr
+
+
+def test_mapping_missing_a_tracker_state_is_reported_by_name(workdir):
+    mapping = (workdir / "memory-mapping.toml").read_text().replace('"Not now" = "not_now"\n', "")
+    (workdir / "memory-mapping.toml").write_text(mapping)
+    result = CliRunner().invoke(cli, ["-c", str(workdir / "dealsync.toml"), "check"])
+    assert result.exit_code == 2
+    assert "fields.status.values: misses tracker status 'Not now'" in result.stderr
+
+
+def test_missing_config_file_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(cli, ["-c", str(tmp_path / "nope.toml"), "sync"])
+    assert result.exit_code == 2
+    assert "dealsync init" in result.stderr
+
+
+def test_failed_item_exits_7_and_retry_finishes(workdir):
+    invoke(workdir, "sync")
+    tracker = load(workdir, "tracker.json")
+    item = next(iter(tracker.items.values()))
+    item["status"] = "Nonexistent"  # a state the mapping cannot translate
+    (workdir / "tracker.json").write_text(json.dumps(tracker.to_json()))
+    result = invoke(workdir, "sync", "--json")
+    assert result.exit_code == 7
+    doc = json.loads(result.stdout)
+    assert doc["pairs"][0]["counts"]["failures"] == 1
+    assert "has no CRM value" in doc["pairs"][0]["errors"][0]
+    status = json.loads(invoke(workdir, "status", "--json").stdout)
+    assert status[0]["failures"] == 1
+
+
+def test_help_documents_exit_codes():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert "Exit codes:" in result.output and "safety guard" in result.output
+
+
+def test_plugins_json_lists_builtins():
+    doc = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).stdout)
+    memory = next(p for p in doc if p["name"] == "plugins.memory")
+    assert memory["builtin"] and "register_connectors" in memory["hooks"]
+    assert set(memory["connectors"]) == {"crm:memory", "tracker:memory"}
