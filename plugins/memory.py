@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sync.connectors import (CRMConnector, Deal, InstanceContext, NewRequirement, Requirement,
-                             RequirementChange, TrackerConnector, WriteResult)
+                             RequirementChange, TrackerConnector, WriteResult, has_marker)
 from sync.errors import ItemError, RemoteError, TransitionError
 from sync.hookspecs import hookimpl
 
@@ -272,7 +272,8 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
 
     def find_by_marker(self, marker: str) -> Requirement | None:
         self._call("search items by marker")
-        return next((self._req(i) for i in self._live() if marker in i["description"]), None)
+        return next((self._req(i) for i in self._live() if has_marker(i["description"], marker)),
+                    None)
 
     def create(self, new: NewRequirement) -> Requirement:
         self._call("create item")

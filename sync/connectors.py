@@ -144,6 +144,12 @@ def make_marker(pair: str, deal_id: str) -> str:
     return f"dealsync:{pair}:{deal_id}"
 
 
+def has_marker(text: str | None, marker: str) -> bool:
+    """True if ``text`` carries exactly this marker (``dealsync:p:d1`` is not in ``...:d10``).
+    Trackers can only search by substring; connectors confirm a hit with this."""
+    return any(m.group(0) == marker for m in MARKER_RE.finditer(text or ""))
+
+
 class Connector:
     """What every connector declares and offers, whichever side it is on."""
 

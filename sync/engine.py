@@ -484,13 +484,14 @@ class Run:
         self.reqs[req.id] = req
         if not self.options.dry_run:
             with self.store.transaction():
-                self.store.add_link(self.pair.name, deal.id, req.id, req.key, req.url, origin)
+                self.store.add_link(self.pair.name, deal.id, req.id, req.key, req.url, req.title,
+                                    origin)
                 self.store.set_deal_context(self.pair.name, deal.id, self._context(deal))
                 if origin == "created":
                     self.store.clear_intent(self.pair.name, deal.id)
         seq = max((link.seq for link in self.links), default=0) + 1
-        self.links.append(Link(self.pair.name, deal.id, req.id, req.key, req.url, origin,
-                               now_utc().isoformat(), None, seq))
+        self.links.append(Link(self.pair.name, deal.id, req.id, req.key, req.url, req.title,
+                               origin, now_utc().isoformat(), None, seq))
         if origin == "named":
             self.counts["linked"] += 1
         self._notify("link_created", pair=self.pair.name, deal_id=deal.id,
@@ -572,7 +573,9 @@ class Run:
             write = self.plan.tracker_write(req)
             write.change.fields[fm.tracker] = out["tracker"]
             write.notes.append(f"{fm.tracker} {req.fields.get(fm.tracker)!r} -> {out['tracker']!r}")
-        for deal_id, (crm_value, tracker_base) in out["bases"].items():
+        for deal_id in sorted(set(out["crm"]) | set(out["bases"])):
+            crm_value, tracker_base = out["bases"].get(deal_id, (out["crm"].get(deal_id),
+                                                                 tracker_value))
             record = (req.id, fm.name, crm_value, tracker_base)
             if deal_id in out["crm"]:
                 write = self.plan.crm_write(deal_id)
@@ -660,9 +663,12 @@ class Run:
     def _apply(self) -> None:
         name = self.pair.name
         with self.store.transaction():
+            linked = self._linked_deal_ids()
             for deal_id, deal in self.deals.items():
-                if deal_id in self._linked_deal_ids():
+                if deal_id in linked:
                     self.store.set_deal_context(name, deal_id, self._context(deal))
+            for req in self.reqs.values():
+                self._remember(req)
             for deal_id, req_id, fname, crm_value, tracker_value in self.plan.agreed:
                 self.store.set_base(name, deal_id, req_id, fname, crm_value, tracker_value)
                 self.counts["agreed"] += 1
@@ -672,6 +678,12 @@ class Run:
         self._record_conflicts()
         failed_reqs = self._apply_tracker()
         self._apply_crm(failed_reqs)
+
+    def _remember(self, req: Requirement) -> None:
+        known = {(link.req_key, link.req_url, link.req_title) for link in self.links
+                 if link.req_id == req.id}
+        if known and known != {(req.key, req.url, req.title)}:
+            self.store.update_requirement(self.pair.name, req.id, req.key, req.url, req.title)
 
     def _record_conflicts(self) -> None:
         for req, info, _ in self.plan.conflicts:
@@ -697,8 +709,7 @@ class Run:
                 for deal_id, fname, crm_value, tracker_value in write.bases:
                     self.store.set_base(self.pair.name, deal_id, write.req.id, fname,
                                         crm_value, tracker_value)
-                if updated.key != write.req.key or updated.url != write.req.url:
-                    self.store.update_link_key(self.pair.name, updated.id, updated.key, updated.url)
+                self._remember(updated)
             self.counts["updated_tracker"] += 1
             self._progress("requirements written", index)
         return failed

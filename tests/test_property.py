@@ -1,0 +1,158 @@
+"""Property-based simulation: random edits on both sides, injected write failures, many runs.
+
+Whatever happens, once faults stop: both sides converge, a second run writes nothing, no
+requirement is created twice, and no edit vanishes silently (the newest edit of every mirrored
+field either wins or is recorded in a conflict with its value).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+import tempfile
+
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from conftest import Harness
+from sync.connectors import has_marker
+
+STATUSES = ["Open", "Planned", "In progress", "Done", "Not now"]
+PRIORITIES = ["Highest", "High", "Medium", "Low", "Lowest"]
+
+
+class SyncMachine(RuleBasedStateMachine):
+    @initialize()
+    def setup(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.h = Harness(Path(self.tmp.name))
+        self.h.guard_min_links = 10_000  # the simulation changes everything on purpose
+        states = self.h.world.states
+        self.h.world.flows = [(a, b) for a, b in itertools.permutations(states, 2)]
+        self.deal_ids: list[str] = []
+        # (requirement, field) -> {editor: (order, value in tracker terms)} for edits that
+        # differ from the base; an edit back to the base value is a revert and drops out.
+        self.pending: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
+        self.counter = itertools.count()
+
+    def teardown(self):
+        self.h.store.close()
+        self.tmp.cleanup()
+
+    def _edit(self, req_id, field, editor, value, is_revert):
+        edits = self.pending.setdefault((req_id, field), {})
+        if is_revert:
+            edits.pop(editor, None)
+        else:
+            edits[editor] = (next(self.counter), value)
+
+    def _primary(self):
+        primary = {}
+        for link in self.h.store.links("p"):
+            primary.setdefault(link.deal_id, link.req_id)
+        return primary
+
+    def _fm(self, name):
+        return next(f for f in self.h.mapping.fields if f.name == name)
+
+    @rule(new=st.booleans())
+    def sales_adds_request(self, new):
+        deal_id = f"d{next(self.counter)}"
+        keys = [i["key"] for i in self.h.world.items.values()]
+        request = f"Feature {deal_id}" if new or not keys else keys[0]
+        self.h.deal(deal_id, request)
+        self.deal_ids.append(deal_id)
+
+    @rule(data=st.data(), field=st.sampled_from(["status", "priority"]))
+    def sales_edits_deal(self, data, field):
+        primary = self._primary()
+        if not primary:
+            return
+        deal_id = data.draw(st.sampled_from(sorted(primary)))
+        fm = self._fm(field)
+        value = data.draw(st.sampled_from(sorted(set(fm.values.values()))))
+        if self.h.world.deals[deal_id]["fields"].get(fm.crm) != value:
+            self.h.world.edit_deal(deal_id, **{fm.crm: value})
+            base = self.h.store.bases("p").get((deal_id, primary[deal_id], field))
+            self._edit(primary[deal_id], field, deal_id, fm.to_tracker(value),
+                       base is not None and base.crm_value == value)
+
+    @rule(data=st.data(), field=st.sampled_from(["status", "priority"]))
+    def pm_edits_requirement(self, data, field):
+        links = self.h.store.links("p")
+        if not links:
+            return
+        item_id = data.draw(st.sampled_from(sorted({l.req_id for l in links})))
+        value = data.draw(st.sampled_from(STATUSES if field == "status" else PRIORITIES))
+        if self.h.world.items[item_id][field] != value:
+            self.h.world.edit_item(item_id, **{field: value})
+            bases = [b for (d, r, f), b in self.h.store.bases("p").items()
+                     if r == item_id and f == field]
+            self._edit(item_id, field, "tracker", value,
+                       bool(bases) and bases[0].tracker_value == value)
+
+    @rule(data=st.data())
+    def writes_start_failing(self, data):
+        if self.deal_ids:
+            deal_id = data.draw(st.sampled_from(self.deal_ids))
+            self.h.world.failing_ids.add(data.draw(st.sampled_from(
+                [deal_id, f"dealsync:p:{deal_id}"])))
+
+    @rule()
+    def faults_stop(self):
+        self.h.world.failing_ids.clear()
+
+    @rule()
+    def sync(self):
+        self.h.sync()
+
+    @invariant()
+    def never_a_duplicate(self):
+        if not hasattr(self, "h"):
+            return
+        for deal_id in self.deal_ids:
+            marker = f"dealsync:p:{deal_id}"
+            assert sum(has_marker(i["description"], marker)
+                       for i in self.h.world.items.values()) <= 1
+
+    def teardown_check(self):
+        self.h.world.failing_ids.clear()
+        self.h.sync(retry_all=True)
+        self.h.sync(retry_all=True)
+        snapshot = self.h.snapshot()
+        quiet = self.h.sync()
+        assert quiet["counts"]["updated_crm"] == quiet["counts"]["updated_tracker"] == 0
+        assert self.h.snapshot() == snapshot
+        primary = self._primary()
+        conflicts = self.h.store.conflicts("p")
+        for deal_id, req_id in primary.items():
+            item = self.h.world.items[req_id]
+            deal = self.h.world.deals[deal_id]["fields"]
+            for field in ("status", "priority"):
+                fm = self._fm(field)
+                assert deal[fm.crm] == fm.to_crm(item[field]), (deal_id, field)
+                edits = self.pending.get((req_id, field))
+                if not edits:
+                    continue
+                edit = max(edits.values())
+                if edit[1] == item[field]:
+                    continue
+                # the newest edit lost: it must have been recorded in a conflict
+                recorded = [c for c in conflicts if c["req_id"] == req_id and c["field"] == field
+                            and (edit[1] == c["tracker_value"] or
+                                 edit[1] in [fm.to_tracker(v) for v in c["crm_values"]])]
+                assert recorded, (deal_id, field, edit, item[field])
+
+
+def test_simulation():
+    class Checked(SyncMachine):
+        def teardown(self):
+            if hasattr(self, "h"):
+                try:
+                    self.teardown_check()
+                finally:
+                    super().teardown()
+
+    Checked.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
+                                         suppress_health_check=[HealthCheck.too_slow])
+    Checked.TestCase().runTest()
