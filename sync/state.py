@@ -29,7 +29,7 @@ MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE links (
         pair TEXT NOT NULL, deal_id TEXT NOT NULL, req_id TEXT NOT NULL,
-        req_key TEXT NOT NULL, req_url TEXT, origin TEXT NOT NULL,
+        req_key TEXT NOT NULL, req_url TEXT, req_title TEXT, origin TEXT NOT NULL,
         created_at TEXT NOT NULL, orphaned TEXT, seq INTEGER NOT NULL,
         PRIMARY KEY (pair, deal_id, req_id));
     CREATE INDEX links_req ON links (pair, req_id);
@@ -87,6 +87,7 @@ class Link:
     req_id: str
     req_key: str
     req_url: str | None
+    req_title: str | None
     origin: str  # "created" | "named"
     created_at: str
     orphaned: str | None
@@ -180,17 +181,20 @@ class StateStore:
         return self.db.execute("SELECT COUNT(*) FROM links WHERE pair=?", (pair,)).fetchone()[0]
 
     def add_link(self, pair: str, deal_id: str, req_id: str, req_key: str, req_url: str | None,
-                 origin: str) -> None:
+                 req_title: str | None, origin: str) -> None:
         seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM links").fetchone()[0]
         self.db.execute(
-            "INSERT INTO links (pair, deal_id, req_id, req_key, req_url, origin, created_at, seq)"
-            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET req_key=excluded.req_key,"
-            " req_url=excluded.req_url, orphaned=NULL",
-            (pair, deal_id, req_id, req_key, req_url, origin, ts(now_utc()), seq))
+            "INSERT INTO links (pair, deal_id, req_id, req_key, req_url, req_title, origin,"
+            " created_at, seq) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+            " req_key=excluded.req_key, req_url=excluded.req_url, req_title=excluded.req_title,"
+            " orphaned=NULL",
+            (pair, deal_id, req_id, req_key, req_url, req_title, origin, ts(now_utc()), seq))
 
-    def update_link_key(self, pair: str, req_id: str, req_key: str, req_url: str | None) -> None:
-        self.db.execute("UPDATE links SET req_key=?, req_url=? WHERE pair=? AND req_id=?",
-                        (req_key, req_url, pair, req_id))
+    def update_requirement(self, pair: str, req_id: str, req_key: str, req_url: str | None,
+                           req_title: str | None) -> None:
+        """Keep the requirement's key, URL and title as last seen (reports and `links`)."""
+        self.db.execute("UPDATE links SET req_key=?, req_url=?, req_title=? WHERE pair=?"
+                        " AND req_id=?", (req_key, req_url, req_title, pair, req_id))
 
     def set_orphaned(self, pair: str, *, deal_id: str | None = None, req_id: str | None = None,
                      reason: str) -> None:
