@@ -160,3 +160,42 @@ def test_plugins_json_lists_builtins():
     memory = next(p for p in doc if p["name"] == "plugins.memory")
     assert memory["builtin"] and "register_connectors" in memory["hooks"]
     assert set(memory["connectors"]) == {"crm:memory", "tracker:memory"}
+
+
+def test_run_loop_stops_cleanly_on_sigterm(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "DEALSYNC_HOME": str(workdir / "home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync.cli", "-c", str(workdir / "dealsync.toml"), "run",
+         "--every", "10s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (workdir / "tracker.json").exists():
+            time.sleep(0.1)
+        assert (workdir / "tracker.json").exists(), "the first run did not happen"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "sales-rd: ok" in out and "stopped" in err
+    assert len(load(workdir, "tracker.json").items) == 2
+
+
+def test_second_run_of_same_pair_exits_with_lock_code(workdir):
+    from sync.state import StateStore
+
+    store = StateStore(workdir / "home" / "state.db")
+    store.lock("sales-rd")
+    try:
+        result = invoke(workdir, "sync", "--json")
+    finally:
+        store.close()
+    assert result.exit_code == 4
+    assert json.loads(result.stdout)["pairs"][0]["status"] == "stopped"
+    assert "another run of pair 'sales-rd' is in progress" in result.stderr
