@@ -272,7 +272,8 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
 
     def find_by_marker(self, marker: str) -> Requirement | None:
         self._call("search items by marker")
-        return next((self._req(i) for i in self._live() if has_marker(i["description"], marker)),
+        return next((self._req(i) for i in self._live()
+                     if marker in i["description"] and has_marker(i["description"], marker)),
                     None)
 
     def create(self, new: NewRequirement) -> Requirement:

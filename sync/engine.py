@@ -239,9 +239,12 @@ class Run:
         self.links: list[Link] = []
         self.bases: dict[tuple[str, str, str], Base] = {}
         self._failed: set[tuple[str, str, str]] = set()
-        self._last_seq = 0
+        self._last_seq = self._next_seq = 0
+        self._linked_pairs: set[tuple[str, str]] = set()
+        self._req_facts: dict[str, tuple[str, str | None, str | None]] = {}
         self._snapshots: dict[str, dict[str, Any]] | None = None
         self._clock = time.monotonic()
+        self._calls_before = self._api_calls()
 
     # -- orchestration ------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
@@ -250,7 +253,8 @@ class Run:
         status = "error"
         try:
             self.links = self.store.links(name)
-            self._last_seq = max((link.seq for link in self.links), default=0)
+            self._last_seq = self._next_seq = max((link.seq for link in self.links), default=0)
+            self._linked_pairs = {(link.deal_id, link.req_id) for link in self.links}
             self.bases = self.store.bases(name)
             due = self.store.failures(name, due_only=not self.options.retry_all)
             resolved = self.store.conflicts(name, status="resolved")
@@ -279,9 +283,13 @@ class Run:
             self._notify("run_finished", pair=name, summary=summary)
         return summary
 
+    def _api_calls(self) -> dict[str, int]:
+        return {self.pair.crm.name: sum(self.pair.crm.api_calls().values()),
+                self.pair.tracker.name: sum(self.pair.tracker.api_calls().values())}
+
     def summary(self, status: str) -> dict[str, Any]:
-        calls = {self.pair.crm.name: sum(self.pair.crm.api_calls().values()),
-                 self.pair.tracker.name: sum(self.pair.tracker.api_calls().values())}
+        calls = {name: total - self._calls_before.get(name, 0)
+                 for name, total in self._api_calls().items()}
         keys = ("deals_read", "requirements_read", "created", "relinked", "linked",
                 "updated_tracker", "updated_crm", "agreed", "conflicts", "conflicts_queued",
                 "failures", "orphaned")
@@ -410,11 +418,12 @@ class Run:
                     self.plan.named.append((deal, key))
             if title and not any(link.origin == "created" for link in by_deal[deal.id]):
                 self.plan.creates.append((deal, title, body))
-        for deal, key in self.plan.named:
-            self._guarded(lambda: self._link_named(deal, key), "link", deal.id, "")
+        # Creates first, so a deal naming a requirement another deal created in this run links.
         if not self.options.dry_run:
             for deal, title, body in self.plan.creates:
                 self._guarded(lambda: self._create(deal, title, body), "create", deal.id, "")
+        for deal, key in self.plan.named:
+            self._guarded(lambda: self._link_named(deal, key), "link", deal.id, "")
 
     def _guarded(self, action: Callable[[], None], kind: str, deal_id: str, req_id: str) -> bool:
         """Run one item's action; an ItemError queues the item and the run goes on."""
@@ -479,7 +488,7 @@ class Run:
                 "orphaned": orphaned}
 
     def _add_link(self, deal: Deal, req: Requirement, origin: str) -> None:
-        if any(link.deal_id == deal.id and link.req_id == req.id for link in self.links):
+        if (deal.id, req.id) in self._linked_pairs:
             return
         self.reqs[req.id] = req
         if not self.options.dry_run:
@@ -489,9 +498,10 @@ class Run:
                 self.store.set_deal_context(self.pair.name, deal.id, self._context(deal))
                 if origin == "created":
                     self.store.clear_intent(self.pair.name, deal.id)
-        seq = max((link.seq for link in self.links), default=0) + 1
+        self._next_seq += 1
         self.links.append(Link(self.pair.name, deal.id, req.id, req.key, req.url, req.title,
-                               origin, now_utc().isoformat(), None, seq))
+                               origin, now_utc().isoformat(), None, self._next_seq))
+        self._linked_pairs.add((deal.id, req.id))
         if origin == "named":
             self.counts["linked"] += 1
         self._notify("link_created", pair=self.pair.name, deal_id=deal.id,
@@ -662,6 +672,8 @@ class Run:
     # -- applying -----------------------------------------------------------------------------
     def _apply(self) -> None:
         name = self.pair.name
+        self._req_facts = {link.req_id: (link.req_key, link.req_url, link.req_title)
+                           for link in self.links}
         with self.store.transaction():
             linked = self._linked_deal_ids()
             for deal_id, deal in self.deals.items():
@@ -680,10 +692,11 @@ class Run:
         self._apply_crm(failed_reqs)
 
     def _remember(self, req: Requirement) -> None:
-        known = {(link.req_key, link.req_url, link.req_title) for link in self.links
-                 if link.req_id == req.id}
-        if known and known != {(req.key, req.url, req.title)}:
-            self.store.update_requirement(self.pair.name, req.id, req.key, req.url, req.title)
+        """Keep the key, URL and title the links show (for `links` and `report`) current."""
+        facts = (req.key, req.url, req.title)
+        if req.id in self._req_facts and self._req_facts[req.id] != facts:
+            self.store.update_requirement(self.pair.name, req.id, *facts)
+            self._req_facts[req.id] = facts
 
     def _record_conflicts(self) -> None:
         for req, info, _ in self.plan.conflicts:
