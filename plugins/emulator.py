@@ -54,6 +54,25 @@ class VirtualClock:
             self.advance(self.tick_ms)
 
 
+class RealtimeClock(VirtualClock):
+    """A ``VirtualClock`` that also follows the wall clock: ``set``/``advance`` shift it, and real
+    time keeps passing. For a standalone emulator serving the demo, where a frozen clock would
+    hold a rate-limit window shut forever."""
+
+    def __init__(self, start: datetime | None = None, tick_ms: int = 0):
+        super().__init__(start or datetime.now(timezone.utc), tick_ms)
+        self._anchor = time.monotonic()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now + timedelta(seconds=time.monotonic() - self._anchor)
+
+    def set(self, when: datetime) -> None:
+        with self._lock:
+            self._now = when.astimezone(timezone.utc)
+            self._anchor = time.monotonic()
+
+
 def parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
@@ -185,6 +204,10 @@ class Emulator:
         """Return a 429 response if this request is over a limit, else None (counted)."""
         return None
 
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /__emu/stats`` answers; subclasses extend it with their own counters."""
+        return {"calls": dict(self.calls)}
+
     # -- routing ------------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Handler) -> None:
         self.routes.append((method, re.compile(pattern), handler))
@@ -197,7 +220,7 @@ class Emulator:
         self.route("GET", r"/__emu/clock", lambda r: {"now": iso(self.clock.now())})
         self.route("POST", r"/__emu/faults", self._ctl_faults)
         self.route("GET", r"/__emu/requests", self._ctl_requests)
-        self.route("GET", r"/__emu/stats", lambda r: {"calls": dict(self.calls)})
+        self.route("GET", r"/__emu/stats", lambda r: self.stats())
 
     def _ctl_reset(self, req: Request) -> Any:
         self.reset(int((req.json() or {}).get("seed", 0)))
@@ -302,6 +325,9 @@ class Emulator:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; with Nagle on, the client's delayed
+            # ACK adds ~40 ms to every keep-alive request.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # the request log replaces stderr noise
                 pass
