@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -264,6 +265,25 @@ def run(state: Context, every: str, pair: str | None) -> None:
         while not stopping["now"] and time.monotonic() < deadline:
             time.sleep(min(1.0, deadline - time.monotonic()))
     click.echo("stopped", err=True)
+
+
+# -- the demo ----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the demo's config and state (default: a new temporary folder).")
+@click.option("--keep-running", is_flag=True,
+              help="Leave the emulators up afterwards, to run dealsync against them yourself.")
+def demo(folder: Path | None, keep_running: bool) -> None:
+    """A full sync against local HubSpot and PingCode emulators, with seeded data.
+
+    Starts both emulators on free loopback ports, seeds a believable company, writes a real
+    dealsync.toml, syncs over HTTP with the shipped hubspot-pingcode mapping, plays a working
+    day on both sides, syncs again to show what moved where, and prints the pipeline report.
+    Needs no account, no secret and no network.
+    """
+    from .demo import run_demo
+
+    run_demo(folder, keep_running, click.echo, progress_printer(True))
 
 
 # -- setting up --------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ SIDES = ("crm", "tracker")
 PAIR_KEYS = {"crm": "the [crm.NAME] instance", "tracker": "the [tracker.NAME] instance",
              "mapping": "a shipped mapping name or a path to a mapping file",
              "max_change_share": "stop if a run would change more than this share of links (0.5)",
-             "guard_min_links": "the share guard applies from this many links on (10)"}
+             "guard_min_links": "the share guard applies from this many links on (50)"}
 DEFAULT_LOOKBACK_MINUTES = 10
 
 
@@ -83,7 +83,7 @@ class PairConfig:
     tracker: Instance
     mapping: Mapping
     max_change_share: float = 0.5
-    guard_min_links: int = 10
+    guard_min_links: int = 50
 
     def build(self) -> Pair:
         return Pair(self.name, self.crm.connect(), self.tracker.connect(),  # type: ignore[arg-type]
@@ -248,7 +248,7 @@ def _parse_pair(config: Config, invalid: set[tuple[str, str]], name: str, spec: 
     share = spec.get("max_change_share", 0.5)
     if not isinstance(share, (int, float)) or not 0 < share <= 1:
         bad(f"{key}.max_change_share", "must be a number in (0, 1]")
-    minimum = spec.get("guard_min_links", 10)
+    minimum = spec.get("guard_min_links", 50)
     if not isinstance(minimum, int) or minimum < 0:
         bad(f"{key}.guard_min_links", "must be a whole number >= 0")
     if len(ends) != 2 or mapping is None:

@@ -53,7 +53,7 @@ class Pair:
     crm_lookback: timedelta = timedelta(minutes=10)
     tracker_lookback: timedelta = timedelta(minutes=10)
     max_change_share: float = 0.5
-    guard_min_links: int = 10
+    guard_min_links: int = 50
 
 
 @dataclass

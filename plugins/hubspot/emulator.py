@@ -233,7 +233,9 @@ class HubSpotEmulator(Emulator):
         self.seed_value = seed
         self.config = default_config()
         start = parse_iso(self.config["epoch"])
-        self.clock = (RealtimeClock(start, 0) if self.realtime
+        # A standalone server keeps real time from now, so its timestamps compare with other
+        # services' (the "newest" conflict policy does); tests start at the fixed epoch.
+        self.clock = (RealtimeClock() if self.realtime
                       else VirtualClock(start, self.config["auto_ms_per_request"]))
         self.deals: dict[str, DealRecord] = {}
         self._order: list[int] = []  # deal numbers in creation (= id) order, for list paging

@@ -1,0 +1,15 @@
+"""PingCode (Agile work items): the tracker connector, registered like any third-party plugin,
+and its local emulator (``python -m plugins.pingcode.emulator``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sync.hookspecs import hookimpl
+
+from .connector import PingCodeConnector
+
+
+@hookimpl
+def register_connectors(register: Any) -> None:
+    register(PingCodeConnector)
