@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .connectors import Connector, InstanceContext, RateLimit
+from .connectors import Connector, InstanceContext
 from .engine import Pair
 from .errors import ConfigError
 from .mapping import Mapping, load_mapping
@@ -206,14 +206,6 @@ def _rate_limit_problems(limits: Any, cls: type[Connector]) -> list[str]:
                   and spec["calls"] > 0 and spec["per_seconds"] > 0):
             problems.append(f"{bucket}: needs calls (> 0) and per_seconds (> 0)")
     return problems
-
-
-def rate_limits(cls: type[Connector], settings: dict[str, Any]) -> dict[str, RateLimit]:
-    """The connector's documented limits, with any per-instance override from the config."""
-    limits = dict(cls.default_rate_limits)
-    for bucket, spec in settings.get("rate_limits", {}).items():
-        limits[bucket] = RateLimit(int(spec["calls"]), float(spec["per_seconds"]))
-    return limits
 
 
 def _parse_pair(config: Config, invalid: set[tuple[str, str]], name: str, spec: Any,

@@ -188,6 +188,14 @@ class Connector:
                 problems.append(f"{key}: unknown setting for type {cls.type_name!r} (known: {choices})")
         return problems
 
+    def rate_limits(self) -> dict[str, RateLimit]:
+        """The documented limits, with this instance's ``rate_limits`` overrides from the config
+        (``rate_limits = { default = { calls = 190, per_seconds = 10 } }``)."""
+        limits = dict(self.default_rate_limits)
+        for bucket, spec in (self.settings.get("rate_limits") or {}).items():
+            limits[bucket] = RateLimit(int(spec["calls"]), float(spec["per_seconds"]))
+        return limits
+
     def api_calls(self) -> dict[str, int]:
         """API calls made so far, by endpoint label."""
         return dict(self.calls)

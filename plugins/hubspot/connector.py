@@ -191,8 +191,7 @@ class HubSpotConnector(CRMConnector):
 
     def rate_limits(self) -> dict[str, RateLimit]:
         """The tier's burst limit and the search limit, then any ``rate_limits`` override."""
-        from sync.config import rate_limits  # late: sync.config imports the plugin manager
-        limits = rate_limits(type(self), self.settings)
+        limits = super().rate_limits()
         if "default" not in (self.settings.get("rate_limits") or {}):
             limits["default"] = RateLimit(TIER_BURST[self.settings.get("tier", "starter")], 10)
         return limits

@@ -178,8 +178,6 @@ class PingCodeConnector(TrackerConnector):
         """``session``, ``sleep``, ``monotonic`` and ``clock`` (wall time, for token expiry) are
         for tests and benchmarks that run against the emulator's virtual clock."""
         super().__init__(ctx)
-        from sync.config import rate_limits  # late: sync.config imports the plugin manager
-
         self.prefix = self.settings.get("path_prefix", PREFIXES[0]).rstrip("/")
         base_url = self.settings.get("base_url", "https://open.pingcode.com")
         self._clock = clock
@@ -190,7 +188,7 @@ class PingCodeConnector(TrackerConnector):
                                       session=session)
         self.http = HttpClient(
             self.name, base_url, auth=RefreshingToken(self._fetch_token, early_s=0, clock=clock),
-            rate_limits=rate_limits(type(self), self.settings), map_error=map_error,
+            rate_limits=self.rate_limits(), map_error=map_error,
             sleep=sleep, monotonic=monotonic, session=session)
         self._workflow: Workflow | None = None
         self._version_ends: dict[str, Any] | None = None
