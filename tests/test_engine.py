@@ -269,3 +269,16 @@ def test_cursor_never_passes_run_start_and_advances(h):
     summary = h.sync()
     cursor = h.store.cursor("p", "crm")
     assert cursor is not None and cursor.isoformat() <= summary["started_at"]
+
+
+def test_newest_policy_picks_the_tracker_when_it_changed_last(h):
+    h.deal("d1", "Dark mode")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.edit_deal("d1", req_priority="low")
+    h.world.edit_item(item["id"], priority="Highest")  # the PM changed last
+    h.sync()
+    assert h.world.deals["d1"]["fields"]["req_priority"] == "highest"
+    assert h.item_for("d1")["priority"] == "Highest"
+    (conflict,) = h.store.conflicts("p")
+    assert conflict["outcome"] == "Highest" and conflict["status"] == "applied"
