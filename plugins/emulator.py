@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -355,8 +356,7 @@ class Emulator:
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", port), _Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name=self.name, daemon=True)
         self.thread.start()
         return self.url
@@ -372,6 +372,16 @@ class Emulator:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request (a killed sync run) is normal, not an error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def iso(when: datetime) -> str:

@@ -1,0 +1,95 @@
+"""Crash tests: `dealsync sync` killed (SIGKILL) at random points against the emulators, then
+run again. Whatever the moment of death, no requirement is created twice, the pair's lock is
+free again, and the next runs converge to a quiet state."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from plugins.hubspot.emulator import HubSpotEmulator
+from plugins.pingcode.emulator import PingCodeEmulator
+from sync.connectors import has_marker, make_marker
+from sync.demo import CONFIG_TEMPLATE, HUBSPOT_TOKEN, secrets
+
+ROUNDS = 6
+PER_ROUND = 8
+
+
+@pytest.fixture
+def world(tmp_path):
+    hubspot, pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
+    config = tmp_path / "dealsync.toml"
+    config.write_text(CONFIG_TEMPLATE.format(hubspot=hubspot.start(), pingcode=pingcode.start(),
+                                             crm="demo-hubspot", tracker="demo-pingcode",
+                                             pair="crash"))
+    hubspot.configure(private_tokens={HUBSPOT_TOKEN: None})
+    for emulator in (hubspot, pingcode):  # ~15 ms a call, so a run lasts long enough to kill
+        emulator.dispatch = slowed(emulator.dispatch)
+    env = {**os.environ, **secrets(), "DEALSYNC_HOME": str(tmp_path / "home")}
+    yield hubspot, pingcode, config, env
+    hubspot.stop()
+    pingcode.stop()
+
+
+def slowed(dispatch):
+    def slow(request):
+        time.sleep(0.015)
+        return dispatch(request)
+    return slow
+
+
+def dealsync(config, env, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_killed_runs_never_duplicate_and_converge(world):
+    hubspot, pingcode, config, env = world
+    assert dealsync(config, env, "check", "--fix").returncode == 0
+    rng = random.Random(20261201)
+    deals: list[str] = []
+    kills = 0
+    for round_ in range(ROUNDS):
+        # New requests every round, so every run has creates in flight when it is killed.
+        first = len(deals)
+        deals += hubspot.seed(deals=[{"properties": {
+            "dealname": f"Deal {n}", "dealstage": "qualifiedtobuy", "amount": str(1000 * n),
+            "dealsync_request": "SCR-1" if n % 4 == 0 else f"Feature {n}\nAsked by deal {n}"}}
+            for n in range(first, first + PER_ROUND)])["deals"]
+        if round_:
+            hubspot.mutate(deals[first - 1], {"dealsync_priority": "high"})
+        proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "-c", str(config), "sync"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.2))  # start-up ~0.3 s, then ~1 s of API calls
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+    assert kills >= ROUNDS // 2, f"only {kills} of {ROUNDS} runs were killed mid-way"
+
+    for _ in range(2):
+        result = dealsync(config, env, "sync", "--json")
+        assert result.returncode in (0, 7), result.stderr
+    quiet = json.loads(dealsync(config, env, "sync", "--json").stdout)["pairs"][0]
+    assert quiet["status"] == "ok"
+    assert quiet["counts"]["created"] == 0
+    assert quiet["counts"]["updated_crm"] == quiet["counts"]["updated_tracker"] == 0
+
+    items = pingcode.dump_items(False)
+    for n, deal_id in enumerate(deals):
+        marker = make_marker("crash", deal_id)
+        holders = [i["identifier"] for i in items if has_marker(i["description"], marker)]
+        shown = hubspot.deal(deal_id)["properties"]["dealsync_requirement"]
+        if n % 4 == 0:
+            assert holders == [] and shown == "SCR-1"
+        else:
+            assert len(holders) == 1 and shown == holders[0], (deal_id, holders, shown)
+    assert len(items) == 3 + len(deals) - len(deals[::4])
