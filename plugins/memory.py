@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from sync.connectors import (CRMConnector, Deal, InstanceContext, NewRequirement, Requirement,
-                             RequirementChange, TrackerConnector, WriteResult, has_marker)
+                             RequirementChange, TrackerConnector, WriteResult, has_marker,
+                             workflow_path)
 from sync.errors import ItemError, RemoteError, TransitionError
 from sync.hookspecs import hookimpl
 
@@ -323,7 +323,7 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
         """Walk the workflow to ``target`` one allowed transition at a time."""
         if target not in self.world.states:
             raise ItemError(f"state {target!r} does not exist", retryable=False)
-        path = self._path_to(raw["status"], target)
+        path = workflow_path(raw["status"], target, self.world.flows)
         if path is None:
             raise TransitionError(f"{raw['key']}: no transition path from {raw['status']!r} to "
                                   f"{target!r} in the workflow",
@@ -331,23 +331,6 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
                                   "workflow, or move the item by hand")
         for step in path:
             self.world.edit_item(raw["id"], status=step)
-
-    def _path_to(self, start: str, target: str) -> list[str] | None:
-        previous: dict[str, str | None] = {start: None}
-        queue = deque([start])
-        while queue:
-            state = queue.popleft()
-            if state == target:
-                path = []
-                while previous[state] is not None:
-                    path.append(state)
-                    state = previous[state]  # type: ignore[assignment]
-                return path[::-1]
-            for src, dst in self.world.flows:
-                if src == state and dst not in previous:
-                    previous[dst] = state
-                    queue.append(dst)
-        return None
 
     def field_values(self, field_name: str) -> list[str] | None:
         return {"status": self.world.states, "priority": self.world.priorities}.get(field_name)

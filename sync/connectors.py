@@ -11,7 +11,7 @@ when the service said the record does not exist, and raises when it could not as
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, ClassVar, Iterable, Iterator
@@ -137,6 +137,31 @@ class InstanceContext:
 
 
 MARKER_RE = re.compile(r"dealsync:(?P<pair>[A-Za-z0-9_.-]+):(?P<deal>[A-Za-z0-9_.-]+)")
+
+
+def workflow_path(start: str, target: str,
+                  transitions: Iterable[tuple[str, str]]) -> list[str] | None:
+    """The states to pass through, in order, to go from ``start`` to ``target`` by allowed
+    ``(from, to)`` transitions, fewest first (breadth-first); ``[]`` if already there, ``None``
+    if no path exists. Trackers with workflows walk this before moving anything."""
+    following: dict[str, list[str]] = {}
+    for source, dest in transitions:
+        following.setdefault(source, []).append(dest)
+    previous: dict[str, str | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        state = queue.popleft()
+        if state == target:
+            path = []
+            while previous[state] is not None:
+                path.append(state)
+                state = previous[state]  # type: ignore[assignment]
+            return path[::-1]
+        for dest in sorted(following.get(state, ())):
+            if dest not in previous:
+                previous[dest] = state
+                queue.append(dest)
+    return None
 
 
 def make_marker(pair: str, deal_id: str) -> str:

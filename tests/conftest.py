@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from plugins.hubspot.emulator import HubSpotEmulator
 from plugins.memory import MemoryCRM, MemoryTracker, World
+from plugins.pingcode.emulator import PingCodeEmulator
 from sync.connectors import InstanceContext
 from sync.engine import Options, Pair, run_pair
 from sync.mapping import load_mapping
@@ -61,3 +63,21 @@ def h(tmp_path):
     harness = Harness(tmp_path)
     yield harness
     harness.store.close()
+
+
+def _serve(emulator):
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def hubspot_server():
+    """One HubSpot emulator (virtual clock) per test module; tests reset it as they need."""
+    yield from _serve(HubSpotEmulator())
+
+
+@pytest.fixture(scope="module")
+def pingcode_server():
+    """One PingCode emulator (virtual clock) per test module; tests reset it as they need."""
+    yield from _serve(PingCodeEmulator())

@@ -196,7 +196,7 @@ def test_dry_run_writes_nothing_anywhere(h):
     assert h.store.links("p") == [] and h.store.cursor("p", "crm") is None
     assert h.store.bases("p") == {} and h.store.failures("p") == []
     assert any("create requirement 'New thing'" in line for line in summary["plan"])
-    assert any(f"link deal d2" in line for line in summary["plan"])
+    assert any("link deal d2" in line for line in summary["plan"])
 
 
 def test_failing_item_is_queued_rest_applied_and_retry_finishes(h):

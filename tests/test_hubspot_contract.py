@@ -6,22 +6,14 @@ import pytest
 
 from contract import CRMContract
 from plugins.hubspot.connector import HubSpotConnector
-from plugins.hubspot.emulator import PRIVATE_TOKEN, HubSpotEmulator
+from plugins.hubspot.emulator import PRIVATE_TOKEN
 from sync.connectors import InstanceContext
 
 
-@pytest.fixture(scope="module")
-def server():
-    emu = HubSpotEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture
-def emu(server):
-    server.reset()
-    return server
+def emu(hubspot_server):
+    hubspot_server.reset()
+    return hubspot_server
 
 
 @pytest.fixture

@@ -14,18 +14,10 @@ from plugins.hubspot.emulator import (DEAL_ID_START, OAUTH_CLIENT_ID, OAUTH_CLIE
 DEALS = "/crm/v3/objects/deals"
 
 
-@pytest.fixture(scope="module")
-def server():
-    emu = HubSpotEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture
-def emu(server):
-    server.reset()
-    return server
+def emu(hubspot_server):
+    hubspot_server.reset()
+    return hubspot_server
 
 
 class Api:

@@ -26,18 +26,10 @@ FAST = {"default": {"calls": 100_000, "per_seconds": 10}, "search": {"calls": 10
                                                                       "per_seconds": 1}}
 
 
-@pytest.fixture(scope="module")
-def server():
-    emu = HubSpotEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture
-def emu(server):
-    server.reset()
-    return server
+def emu(hubspot_server):
+    hubspot_server.reset()
+    return hubspot_server
 
 
 class Sleeps(list):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from mappings import __name__ as _mappings  # noqa: F401  (the package ships the files)
 from sync.errors import ConfigError, ItemError
 from sync.mapping import load_mapping, parse_mapping
 

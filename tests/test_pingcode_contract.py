@@ -5,25 +5,16 @@ from __future__ import annotations
 import pytest
 
 from contract import TrackerContract
-from plugins.pingcode.emulator import PingCodeEmulator
 from plugins.pingcode.testing import emulator_connector
 
 
-@pytest.fixture(scope="module")
-def server():
-    emu = PingCodeEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture(params=["description", "property"])
-def tracker(server, request):
+def tracker(pingcode_server, request):
     """Both ways of carrying the marker; the documented 200/min limit stays on, on both sides,
     with the connector's waits running on the emulator's virtual clock."""
-    server.reset()
+    pingcode_server.reset()
     settings = {"marker_property": "prop_crm_deal"} if request.param == "property" else {}
-    connector = emulator_connector(server, **settings)
+    connector = emulator_connector(pingcode_server, **settings)
     yield connector
     connector.close()
 

@@ -14,18 +14,10 @@ CREDS = {"grant_type": "client_credentials", "client_id": "dealsync-demo",
 START = int(DEFAULT_START.timestamp())
 
 
-@pytest.fixture(scope="module")
-def server():
-    emu = PingCodeEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture
-def emu(server):
-    server.reset()
-    return server
+def emu(pingcode_server):
+    pingcode_server.reset()
+    return pingcode_server
 
 
 class Api:

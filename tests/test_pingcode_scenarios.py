@@ -11,7 +11,6 @@ from datetime import timedelta
 import pytest
 import requests
 
-from plugins.pingcode.emulator import PingCodeEmulator
 from plugins.pingcode.testing import emulator_connector
 from sync.connectors import NewRequirement, RequirementChange, make_marker
 from sync.errors import TransitionError
@@ -19,19 +18,11 @@ from sync.errors import TransitionError
 FAST = {"rate_limits": {"default": {"calls": 100_000, "per_seconds": 60}}}
 
 
-@pytest.fixture(scope="module")
-def server():
-    emu = PingCodeEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture
-def emu(server):
-    server.reset()
-    server.config["rate_limit_per_min"] = 0  # only the rate-limit scenarios turn it on
-    return server
+def emu(pingcode_server):
+    pingcode_server.reset()
+    pingcode_server.config["rate_limit_per_min"] = 0  # only the rate-limit scenarios turn it on
+    return pingcode_server
 
 
 def api_log(emu, method, pattern=""):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
@@ -21,7 +20,8 @@ from zoneinfo import ZoneInfo
 import requests
 
 from sync.connectors import (InstanceContext, NewRequirement, RateLimit, Requirement,
-                             RequirementChange, SecretSpec, TrackerConnector, has_marker)
+                             RequirementChange, SecretSpec, TrackerConnector, has_marker,
+                             workflow_path)
 from sync.errors import (AuthError, ConfigError, DealsyncError, ItemError, NotFound, RemoteError,
                          TransitionError)
 from sync.http import Auth, HttpClient, RefreshingToken, body_code, default_error, describe
@@ -126,21 +126,8 @@ class Workflow:
 
     def path(self, start: str, target: str) -> list[str] | None:
         """State ids to pass through from ``start`` to ``target``: shortest, by BFS."""
-        previous: dict[str, str | None] = {start: None}
-        queue = deque([start])
-        while queue:
-            current = queue.popleft()
-            if current == target:
-                hops = []
-                while previous[current] is not None:
-                    hops.append(current)
-                    current = previous[current]  # type: ignore[assignment]
-                return hops[::-1]
-            for nxt in sorted(self.flows.get(current, ())):
-                if nxt not in previous:
-                    previous[nxt] = current
-                    queue.append(nxt)
-        return None
+        return workflow_path(start, target, ((source, dest) for source, dests in self.flows.items()
+                                             for dest in dests))
 
 
 class _Credentials(Auth):

@@ -23,13 +23,13 @@ import hashlib
 import math
 import string
 import uuid
-from collections import deque
 from datetime import date, datetime, time as dtime, timezone
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from plugins.emulator import (Emulator, Fault, HttpError, RealtimeClock, Request, Response,
                               SlidingWindow, VirtualClock, serve_main)
+from sync.connectors import workflow_path
 
 PREFIX = r"(?P<prefix>/v1/(?:pjm|project))"
 ID = r"(?P<id>[^/]+)"
@@ -415,7 +415,8 @@ class PingCodeEmulator(Emulator):
         plan = self._plan_for(record)
         if state is not None:
             target = self._state_by_name(plan, state)["id"]
-            path = [target] if force else self._flow_path(plan, record["state_id"], target)
+            path = [target] if force else workflow_path(
+                record["state_id"], target, ((f["from"], f["to"]) for f in plan["flows"]))
             if path is None:
                 raise _pair(E_FLOW)
             for hop in path:
@@ -438,25 +439,6 @@ class PingCodeEmulator(Emulator):
             record["is_deleted"] = int(deleted)
         self._touch(record, user["id"])
         return self._full(record)
-
-    def _flow_path(self, plan: dict[str, Any], start: str, target: str) -> list[str] | None:
-        """Shortest list of states to pass through from ``start`` to ``target`` (BFS)."""
-        if start == target:
-            return []
-        previous: dict[str, str] = {start: start}
-        queue = deque([start])
-        while queue:
-            current = queue.popleft()
-            for flow in plan["flows"]:
-                if flow["from"] == current and flow["to"] not in previous:
-                    previous[flow["to"]] = current
-                    if flow["to"] == target:
-                        path = [target]
-                        while previous[path[-1]] != start:
-                            path.append(previous[path[-1]])
-                        return path[::-1]
-                    queue.append(flow["to"])
-        return None
 
     @_locked
     def expire_tokens(self) -> int:
