@@ -80,7 +80,7 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(cls=FunnelGroup, epilog=errors.EXIT_CODES_HELP,
+@click.group(cls=FunnelGroup, epilog="\b\n" + errors.EXIT_CODES_HELP,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-c", "--config", metavar="FILE", help="Configuration file (default: "
               "$DEALSYNC_CONFIG, then dealsync.toml in the user config directory).")
@@ -98,7 +98,7 @@ def cli(ctx: click.Context, config: str | None, verbose: int, debug: bool) -> No
     Start here:
       dealsync demo                  a full sync against local emulators, in a minute
       dealsync init                  write an example dealsync.toml
-      dealsync auth set crm.acme token   store a secret in the system keyring
+      dealsync auth set acme token   store a secret in the system keyring
       dealsync check                 verify mappings against the live systems
       dealsync sync --dry-run        show what a run would do
       dealsync run --every 5m        the scheduled job
@@ -590,7 +590,10 @@ def auth_status(state: Context, as_json: bool) -> None:
     if not rows:
         click.echo("no configured instance needs a secret")
     for row in rows:
-        click.echo(f"{row['side']}.{row['instance']} {row['secret']}: {row['source']}")
+        source = row["source"]
+        if source == "missing" and not row["required"]:
+            source = "not set (optional)"
+        click.echo(f"{row['side']}.{row['instance']} {row['secret']}: {source}")
     if any(r["source"] == "missing" and r["required"] for r in rows):
         sys.exit(errors.EXIT_AUTH)
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 from . import context
 from .connectors import (CRMConnector, Deal, NewRequirement, Requirement, RequirementChange,
                          TrackerConnector, make_marker)
-from .errors import DealsyncError, ItemError, SafetyStop
+from .errors import DealsyncError, ItemError, RateLimitExhausted, RemoteError, SafetyStop
 from .mapping import FieldMap, Mapping
 from .state import Base, Link, StateStore, now_utc
 
@@ -240,6 +240,7 @@ class Run:
         self.bases: dict[tuple[str, str, str], Base] = {}
         self._failed: set[tuple[str, str, str]] = set()
         self._last_seq = self._next_seq = 0
+        self._remote_failures = 0  # service errors in a row while applying
         self._linked_pairs: set[tuple[str, str]] = set()
         self._req_facts: dict[str, tuple[str, str | None, str | None]] = {}
         self._snapshots: dict[str, dict[str, Any]] | None = None
@@ -425,14 +426,26 @@ class Run:
         for deal, key in self.plan.named:
             self._guarded(lambda: self._link_named(deal, key), "link", deal.id, "")
 
-    def _guarded(self, action: Callable[[], None], kind: str, deal_id: str, req_id: str) -> bool:
-        """Run one item's action; an ItemError queues the item and the run goes on."""
+    def _guarded(self, action: Callable[[], Any], kind: str, deal_id: str, req_id: str) -> Any:
+        """Run one item's action and return its result, or None if it failed.
+
+        An ItemError queues the item and the run goes on. So does a service error that retries
+        did not cure, once: a single record the service keeps failing on must not block every
+        run. Several in a row mean the service is down, and the run stops (cursors unmoved).
+        """
         try:
-            action()
+            result = action()
         except ItemError as exc:
             self._fail(kind, deal_id, req_id, exc)
-            return False
-        return True
+            return None
+        except RemoteError as exc:
+            if isinstance(exc, RateLimitExhausted) or self._remote_failures >= 2:
+                raise
+            self._remote_failures += 1
+            self._fail(kind, deal_id, req_id, ItemError(str(exc), exc.hint))
+            return None
+        self._remote_failures = 0
+        return result
 
     def _fail(self, kind: str, deal_id: str, req_id: str, exc: ItemError) -> None:
         message = f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
@@ -712,10 +725,9 @@ class Run:
         failed: set[str] = set()
         writes = [w for w in self.plan.tracker_writes.values() if not w.change.is_empty()]
         for index, write in enumerate(writes, 1):
-            try:
-                updated = self.pair.tracker.update(write.req.id, write.change)
-            except ItemError as exc:
-                self._fail("update_tracker", "", write.req.id, exc)
+            updated = self._guarded(lambda: self.pair.tracker.update(write.req.id, write.change),
+                                    "update_tracker", "", write.req.id)
+            if updated is None:
                 failed.add(write.req.id)
                 continue
             with self.store.transaction():

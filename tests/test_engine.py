@@ -282,3 +282,30 @@ def test_newest_policy_picks_the_tracker_when_it_changed_last(h):
     assert h.item_for("d1")["priority"] == "Highest"
     (conflict,) = h.store.conflicts("p")
     assert conflict["outcome"] == "Highest" and conflict["status"] == "applied"
+
+
+def test_service_error_on_one_item_is_queued_but_an_outage_stops_the_run(h, monkeypatch):
+    from sync.errors import RemoteError
+
+    for n in range(5):
+        h.deal(f"d{n}", f"Feature {n}")
+    real_create = h.tracker.create
+    broken = {"dealsync:p:d1"}
+
+    def create(new):
+        if new.marker in broken:
+            raise RemoteError("HTTP 500 after 5 attempts", status=500)
+        return real_create(new)
+
+    monkeypatch.setattr(h.tracker, "create", create)
+    summary = h.sync()
+    assert summary["counts"]["created"] == 4 and summary["counts"]["failures"] == 1
+    assert h.store.failures("p")[0]["deal_id"] == "d1"
+
+    broken.update({f"dealsync:p:d{n}" for n in range(5, 10)})
+    for n in range(5, 10):
+        h.deal(f"d{n}", f"Feature {n}")
+    cursor = h.store.cursor("p", "crm")
+    with pytest.raises(RemoteError):
+        h.sync()
+    assert h.store.cursor("p", "crm") == cursor  # nothing read is skipped next time
