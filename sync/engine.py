@@ -19,6 +19,7 @@ copied again.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import time
@@ -101,6 +102,8 @@ class Plan:
     agreed: list[tuple[str, str, str, str | None, str | None]] = field(default_factory=list)
     conflicts: list[tuple[Requirement, ConflictInfo, int | None]] = field(default_factory=list)
     orphans: list[tuple[str, str, str]] = field(default_factory=list)  # (side, id, reason)
+    settled: list[tuple[int, str]] = field(default_factory=list)  # (conflict id, requirement id)
+    warnings: list[str] = field(default_factory=list)
 
     def crm_write(self, deal_id: str) -> CrmWrite:
         return self.crm_writes.setdefault(deal_id, CrmWrite(deal_id))
@@ -125,7 +128,7 @@ class Plan:
             out.append(f"conflict on {req.key} {info.field}: tracker {info.tracker_value!r} vs "
                        f"deals {dict(zip(info.deal_ids, info.crm_values))}: {verdict}")
         out += [f"orphan {side} record {rid}: {reason}" for side, rid, reason in self.orphans]
-        return out
+        return out + [f"STOP: {warning}" for warning in self.warnings]
 
 
 def _norm(value: str | None) -> str | None:
@@ -402,7 +405,6 @@ class Run:
                     f"records asked for by id; nothing was written",
                     "check the instance's settings (base URL, project, credentials); if the "
                     "records were really deleted, run again with --force to orphan their links")
-            self.deals.update(found) if side == "crm" else self.reqs.update(found)  # type: ignore[arg-type]
 
     # -- stage one: links and creates ---------------------------------------------------------
     def _stage_links(self) -> None:
@@ -517,9 +519,10 @@ class Run:
         self._linked_pairs.add((deal.id, req.id))
         if origin == "named":
             self.counts["linked"] += 1
-        self._notify("link_created", pair=self.pair.name, deal_id=deal.id,
-                     requirement_key=req.key, requirement_url=req.url,
-                     created=origin == "created")
+        if not self.options.dry_run:
+            self._notify("link_created", pair=self.pair.name, deal_id=deal.id,
+                         requirement_key=req.key, requirement_url=req.url,
+                         created=origin == "created")
 
     # -- completing the picture ---------------------------------------------------------------
     def _touched_reqs(self) -> set[str]:
@@ -539,7 +542,7 @@ class Run:
         if link.orphaned or not ({("crm", link.deal_id), ("tracker", link.req_id)} & gone):
             return link
         self.counts["orphaned"] += 1
-        return Link(**{**link.__dict__, "orphaned": "gone"})
+        return dataclasses.replace(link, orphaned="gone")
 
     def _primary(self) -> dict[str, str]:
         """Each deal mirrors the fields of its first live link (its primary requirement)."""
@@ -587,10 +590,10 @@ class Run:
             self.plan.conflicts.append((req, out["conflict"], existing["id"] if existing else None))
             if out["conflict"].outcome is None:
                 return
-        elif existing is not None and not self.options.dry_run:
-            self.store.mark_conflict_applied(existing["id"])  # the sides converged meanwhile
-        if resolution is not None and not self.options.dry_run:
-            self.store.mark_conflict_applied(resolution["id"])
+        elif existing is not None:
+            self.plan.settled.append((existing["id"], req.id))  # the sides converged meanwhile
+        if resolution is not None:
+            self.plan.settled.append((resolution["id"], req.id))
         tracker_value = out.get("tracker", req.fields.get(fm.tracker))
         if "tracker" in out:
             write = self.plan.tracker_write(req)
@@ -676,11 +679,16 @@ class Run:
                 affected |= {(link.deal_id, link.req_id) for link in existing
                              if link.deal_id == write.deal_id}
         share = len(affected) / total
-        if share > self.pair.max_change_share:
-            raise SafetyStop(
-                f"this run would change or orphan {len(affected)} of {total} links "
-                f"({share:.0%}, limit {self.pair.max_change_share:.0%}); nothing was written",
-                "look at `dealsync sync --dry-run`; if the changes are intended, run with --force")
+        if share <= self.pair.max_change_share:
+            return
+        message = (f"this run would change or orphan {len(affected)} of {total} links "
+                   f"({share:.0%}, limit {self.pair.max_change_share:.0%})")
+        if self.options.dry_run:  # show the plan that would be refused, and say so
+            self.plan.warnings.append(message + "; a real run stops here without --force")
+            return
+        raise SafetyStop(message + "; no existing link was changed",
+                         "look at `dealsync sync --dry-run`; if the changes are intended, "
+                         "run with --force")
 
     # -- applying -----------------------------------------------------------------------------
     def _apply(self) -> None:
@@ -703,6 +711,17 @@ class Run:
         self._record_conflicts()
         failed_reqs = self._apply_tracker()
         self._apply_crm(failed_reqs)
+        self._settle_conflicts(failed_reqs)
+
+    def _settle_conflicts(self, failed_reqs: set[str]) -> None:
+        """A chosen or converged conflict is closed once its requirement's writes went through;
+        otherwise it stays, and the next run applies the choice again."""
+        failed_deals = {deal for kind, deal, _ in self._failed if kind == "update_crm"}
+        with self.store.transaction():
+            for conflict_id, req_id in self.plan.settled:
+                deals = {link.deal_id for link in self.links if link.req_id == req_id}
+                if req_id not in failed_reqs and not deals & failed_deals:
+                    self.store.mark_conflict_applied(conflict_id)
 
     def _remember(self, req: Requirement) -> None:
         """Keep the key, URL and title the links show (for `links` and `report`) current."""

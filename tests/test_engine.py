@@ -309,3 +309,15 @@ def test_service_error_on_one_item_is_queued_but_an_outage_stops_the_run(h, monk
     with pytest.raises(RemoteError):
         h.sync()
     assert h.store.cursor("p", "crm") == cursor  # nothing read is skipped next time
+
+
+def test_dry_run_shows_the_plan_a_guard_would_refuse(h):
+    h.guard_min_links = 4
+    for n in range(6):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.sync()
+    for item in list(h.world.items.values()):
+        h.world.edit_item(item["id"], priority="Lowest")
+    plan = h.sync(dry_run=True)["plan"]
+    assert sum("req_priority 'medium' -> 'lowest'" in line for line in plan) == 6
+    assert plan[-1].startswith("STOP: this run would change or orphan 6 of 6 links")
