@@ -228,6 +228,14 @@ class MemoryCRM(_MemoryBase, CRMConnector):
             return WriteResult(deal_id, error=exc)
         return WriteResult(deal_id, record=self.world.deals[deal_id])
 
+    def add_note(self, deal_id: str, text: str) -> str:
+        self._call("create note")
+        self._check_fault(deal_id)
+        notes = self.world.deals[deal_id].setdefault("notes", [])
+        notes.append(text)
+        self._save()
+        return f"{deal_id}-note{len(notes)}"
+
     def field_options(self, field_name: str) -> list[str] | None:
         return self.world.crm_options.get(field_name)
 

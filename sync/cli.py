@@ -23,6 +23,7 @@ import click
 
 from . import errors
 from .config import Config, PairConfig, config_path, load_config
+from .connectors import CRMConnector
 from .engine import Options, run_pair
 from .errors import ConfigError, DealsyncError, PluginError
 from .manager import call_strict, describe_plugins, notify
@@ -175,6 +176,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("created", "requirements created"), ("relinked", "re-linked by marker"),
         ("linked", "deals linked to existing requirements"),
         ("updated_tracker", "requirements updated"), ("updated_crm", "deals updated"),
+        ("notes", "deal notes added"),
         ("conflicts", "conflicts settled by policy"), ("conflicts_queued", "conflicts waiting"),
         ("failures", "failed (queued for retry)"), ("orphaned", "links orphaned")) if counts[k]]
     click.echo("  " + (", ".join(parts) if parts else "nothing to do"))
@@ -362,6 +364,9 @@ def check_pair(pair_config: PairConfig, built: Any, fix: bool) -> list[str]:
         missing = [name for name in missing if name not in created]
     problems = [f"{pair_config.name}: CRM property {name!r} does not exist (dealsync check --fix "
                 "creates it)" for name in missing]
+    if mapping.note_fields and type(built.crm).add_note is CRMConnector.add_note:
+        problems.append(f"{pair_config.name}: {mapping.source}: notes.fields: the "
+                        f"{built.crm.type_name} connector cannot write deal notes")
     crm_options = {f.crm: built.crm.field_options(f.crm) for f in mapping.fields}
     problems += mapping.coverage_problems(tracker_values, crm_options)
     if not problems:

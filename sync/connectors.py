@@ -248,6 +248,11 @@ class CRMConnector(Connector):
         order; a failed item carries its ``ItemError`` and does not fail the others."""
         raise NotImplementedError
 
+    def add_note(self, deal_id: str, text: str) -> str:
+        """Add a plain-text note to the deal's timeline (mapping ``[notes]``); return its id.
+        CRMs without notes leave this unimplemented, and ``dealsync check`` says so."""
+        raise NotImplementedError(f"{self.type_name} CRM has no notes")
+
     def field_options(self, field_name: str) -> list[str] | None:
         """The allowed values of an enumerated deal field, or None if it is free text."""
         return None

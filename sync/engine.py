@@ -91,6 +91,7 @@ class CrmWrite:
     bases: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
     after: set[str] = field(default_factory=set)  # tracker writes that must succeed first
     notes: list[str] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)  # deal notes to add once written
 
 
 @dataclass
@@ -295,8 +296,8 @@ class Run:
         calls = {name: total - self._calls_before.get(name, 0)
                  for name, total in self._api_calls().items()}
         keys = ("deals_read", "requirements_read", "created", "relinked", "linked",
-                "updated_tracker", "updated_crm", "agreed", "conflicts", "conflicts_queued",
-                "failures", "orphaned")
+                "updated_tracker", "updated_crm", "notes", "agreed", "conflicts",
+                "conflicts_queued", "failures", "orphaned")
         summary = {"pair": self.pair.name, "status": status, "started_at": self.started.isoformat(),
                    "duration_s": round(time.monotonic() - self._clock, 3),
                    "counts": {k: self.counts.get(k, 0) for k in keys}, "api_calls": calls,
@@ -609,6 +610,9 @@ class Run:
                 write.bases.append(record)
                 write.notes.append(f"{fm.crm} {self.deals[deal_id].fields.get(fm.crm)!r} -> "
                                    f"{out['crm'][deal_id]!r}")
+                if fm.name in self.mapping.note_fields:
+                    write.timeline.append(f"{req.key} {req.title}: {fm.name} is now "
+                                          f"{tracker_value} ({out['crm'][deal_id]})")
                 if "tracker" in out:
                     write.after.add(req.id)
             elif "tracker" in out:
@@ -779,7 +783,21 @@ class Run:
                     self.store.set_base(self.pair.name, write.deal_id, req_id, fname,
                                         crm_value, tracker_value)
             self.counts["updated_crm"] += 1
+            self._add_notes(write)
         self._progress("deals written", len(writes))
+
+    def _add_notes(self, write: CrmWrite) -> None:
+        """Notes tell sales what changed; a note that fails is logged, never retried, so a
+        flaky notes endpoint cannot hold up the values themselves."""
+        for text in write.timeline:
+            try:
+                self.pair.crm.add_note(write.deal_id, f"dealsync: {text}")
+            except (ItemError, RemoteError) as exc:
+                if isinstance(exc, RateLimitExhausted):
+                    raise
+                log.warning("deal %s: note not added: %s", write.deal_id, exc)
+            else:
+                self.counts["notes"] += 1
 
     def _settle(self, due: list[dict[str, Any]], crm_cursor: datetime | None,
                 tracker_cursor: datetime | None) -> None:

@@ -90,6 +90,7 @@ class Mapping:
     key_field: str | None = None
     url_field: str | None = None
     context_columns: tuple[str, ...] = CONTEXT_COLUMNS
+    note_fields: tuple[str, ...] = ()  # mirrored fields whose changes also leave a deal note
     description: str = ""
 
     def crm_properties(self) -> list[str]:
@@ -179,7 +180,7 @@ def parse_mapping(data: dict[str, Any], source: str) -> Mapping:
     def bad(key: str, message: str) -> None:
         problems.append(f"{source}: {key}: {message}")
 
-    known = {"mapping", "select", "request", "link", "fields", "context"}
+    known = {"mapping", "select", "request", "link", "fields", "context", "notes"}
     for key in sorted(set(data) - known):
         bad(key, f"unknown section (known: {', '.join(sorted(known))})")
 
@@ -219,12 +220,18 @@ def parse_mapping(data: dict[str, Any], source: str) -> Mapping:
         bad("context.columns", f"must list some of: {', '.join(CONTEXT_COLUMNS)}")
         columns = list(CONTEXT_COLUMNS)
 
+    notes = _table(data, "notes", bad).get("fields", [])
+    names = {f.name for f in fields}
+    if not isinstance(notes, list) or any(n not in names for n in notes):
+        bad("notes.fields", f"must list mirrored fields (defined: {', '.join(sorted(names))})")
+        notes = []
+
     if problems:
         raise ConfigError(problems)
     return Mapping(
         source=source, request_field=request_field, key_pattern=key_pattern, where=where,
         fields=tuple(fields), key_field=link.get("key_field"), url_field=link.get("url_field"),
-        context_columns=tuple(columns),
+        context_columns=tuple(columns), note_fields=tuple(notes),
         description=str(_table(data, "mapping", bad).get("description", "")))
 
 

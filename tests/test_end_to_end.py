@@ -106,6 +106,8 @@ def test_create_link_mirror_context_and_echo_free(stack):
     for deal in (first, second):
         assert stack.props(deal)["dealsync_status"] == "shipped"
         assert stack.props(deal)["dealsync_priority"] == "critical"
+        notes = [n["properties"]["hs_note_body"] for n in stack.hubspot.notes_for(deal)]
+        assert notes[-1] == "dealsync: SCR-1 单点登录（SSO）支持: status is now 已完成 (shipped)"
 
     # Sales moves the created requirement through the workflow from the deal.
     stack.hubspot.mutate(new, {"dealsync_status": "planned"})

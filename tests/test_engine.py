@@ -321,3 +321,35 @@ def test_dry_run_shows_the_plan_a_guard_would_refuse(h):
     plan = h.sync(dry_run=True)["plan"]
     assert sum("req_priority 'medium' -> 'lowest'" in line for line in plan) == 6
     assert plan[-1].startswith("STOP: this run would change or orphan 6 of 6 links")
+
+
+def test_status_change_leaves_a_note_on_every_deal_when_configured(h):
+    import dataclasses
+
+    from sync.errors import ItemError
+
+    h.mapping = dataclasses.replace(h.mapping, note_fields=("status",))
+    h.deal("d1", "Feature")
+    h.sync()
+    key = h.item_for("d1")["key"]
+    h.deal("d2", key)
+    h.sync()
+    h.world.edit_item(h.item_for("d1")["id"], status="Planned")
+    summary = h.sync()
+    assert summary["counts"]["notes"] == 2
+    for deal in ("d1", "d2"):
+        assert h.world.deals[deal]["notes"][-1] == \
+            f"dealsync: {key} Feature: status is now Planned (planned)"
+    real_add_note = h.crm.add_note
+
+    def add_note(deal_id, text):  # a note that fails does not fail the run
+        if deal_id == "d1":
+            raise ItemError("notes are down")
+        return real_add_note(deal_id, text)
+
+    h.crm.add_note = add_note
+    h.world.edit_item(h.item_for("d1")["id"], status="Open")
+    summary = h.sync()
+    assert summary["status"] == "ok" and summary["counts"]["notes"] == 1
+    assert h.world.deals["d1"]["fields"]["req_status"] == "open"
+    assert h.world.deals["d2"]["notes"][-1].endswith("status is now Open (open)")

@@ -39,7 +39,7 @@ def test_every_problem_is_reported_with_file_and_key():
     with pytest.raises(ConfigError) as err:
         parse_mapping(bad, "m.toml")
     problems = err.value.problems
-    assert "m.toml: colour: unknown section (known: context, fields, link, mapping, request, select)" in problems
+    assert "m.toml: colour: unknown section (known: context, fields, link, mapping, notes, request, select)" in problems
     assert "m.toml: request.field: required: the deal property where sales writes the request" in problems
     assert "m.toml: fields.status.direction: 'sideways' is not one of both, to_tracker, to_crm, on_create" in problems
     assert "m.toml: fields.priority.conflict: 'coin' is not one of crm, tracker, newest, ask" in problems
