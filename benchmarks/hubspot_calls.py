@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
                virtual_s, wall_s)
         emu.clock.advance(10_000)  # let the burst window empty: a fresh client cannot know it
         calls, virtual_s, wall_s = measure(
+            emu, lambda hs: hs.fetch(ids, properties, with_context=False))
+        report("read by id (fetch; the engine re-reads every deal it is about to write)",
+               args.deals, calls, virtual_s, wall_s)
+        emu.clock.advance(10_000)
+        calls, virtual_s, wall_s = measure(
             emu, lambda hs: hs.update([(i, {"hs_priority": "high"}) for i in ids]))
         report("write (update)", args.deals, calls, virtual_s, wall_s)
         print(f"429s from the emulator: {emu.stats()['rate_limited'] or 'none'}")

@@ -195,7 +195,8 @@ class MemoryCRM(_MemoryBase, CRMConnector):
         for raw in self._paged(rows, "search deals"):
             yield self._deal(raw, properties)
 
-    def fetch(self, ids: list[str], properties: list[str]) -> dict[str, Deal]:
+    def fetch(self, ids: list[str], properties: list[str],
+              with_context: bool = True) -> dict[str, Deal]:
         found = {}
         for start in range(0, len(ids), self.batch_size):
             self._call("batch read deals")

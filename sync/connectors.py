@@ -239,8 +239,11 @@ class CRMConnector(Connector):
         field names to fill in ``Deal.fields``."""
         raise NotImplementedError
 
-    def fetch(self, ids: list[str], properties: list[str]) -> dict[str, Deal]:
-        """The deals with these ids. An id is absent only if the CRM said it does not exist."""
+    def fetch(self, ids: list[str], properties: list[str],
+              with_context: bool = True) -> dict[str, Deal]:
+        """The deals with these ids. An id is absent only if the CRM said it does not exist.
+        With ``with_context=False`` only ``fields`` and ``updated_at`` need be filled, which
+        lets a CRM skip its company and owner look-ups."""
         raise NotImplementedError
 
     def update(self, updates: list[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:

@@ -269,6 +269,8 @@ class Run:
             self._stage_links()
             self._complete_reads()
             self._stage_fields(resolved)
+            if self._refresh_deals_to_write():
+                self._stage_fields(resolved)
             self._guard_share()
             if self.options.dry_run:
                 status = "dry-run"
@@ -575,6 +577,33 @@ class Run:
                     self._merge(fm, req, entries, resolutions, open_conflicts)
             self._plan_context(req, links)
         self._plan_link_fields(primary)
+
+    def _refresh_deals_to_write(self) -> bool:
+        """Read the deals about to be written once more, by id, and say if any had moved.
+
+        A CRM's search can lag behind its records (HubSpot's index does, reference/hubspot.md
+        §5): planning on a stale copy would overwrite a rep's newer edit with a value that then
+        looks like the base, and the edit would be lost. Reads by id are fresh, and cheap in
+        batches. If anything moved, stage two is planned again on the fresh values.
+        """
+        ids = sorted(deal_id for deal_id, write in self.plan.crm_writes.items() if write.values)
+        if not ids:
+            return False
+        fresh = self.pair.crm.fetch(ids, self.mapping.crm_properties(), with_context=False)
+        moved = [deal_id for deal_id in ids if deal_id in fresh
+                 and fresh[deal_id].fields != self.deals[deal_id].fields]
+        if not moved:
+            return False
+        log.info("%d deals changed since they were read; planning again", len(moved))
+        for deal_id in moved:  # the context read earlier stays; only the values move
+            self.deals[deal_id].fields = fresh[deal_id].fields
+            self.deals[deal_id].updated_at = fresh[deal_id].updated_at
+        self.plan.tracker_writes.clear()
+        self.plan.crm_writes.clear()
+        self.plan.agreed.clear()
+        self.plan.conflicts.clear()
+        self.plan.settled.clear()
+        return True
 
     def _merge(self, fm: FieldMap, req: Requirement, entries: list[_Entry],
                resolutions: dict[tuple[str, str], dict[str, Any]],

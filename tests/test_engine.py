@@ -353,3 +353,30 @@ def test_status_change_leaves_a_note_on_every_deal_when_configured(h):
     assert summary["status"] == "ok" and summary["counts"]["notes"] == 1
     assert h.world.deals["d1"]["fields"]["req_status"] == "open"
     assert h.world.deals["d2"]["notes"][-1].endswith("status is now Open (open)")
+
+
+def test_a_stale_search_result_never_overwrites_a_newer_deal_edit(h, monkeypatch):
+    import copy
+
+    h.deal("d1", "Feature")
+    h.sync()
+    item = h.item_for("d1")
+    stale = copy.deepcopy(h.world.deals["d1"])  # what a lagging search index still shows
+    h.world.edit_item(item["id"], priority="Low")
+    h.world.edit_deal("d1", req_priority="highest")  # the rep's edit, not yet searchable
+    real_iter = h.crm.iter_changed
+
+    def lagging_search(since, until, properties):
+        for deal in real_iter(since, until, properties):
+            if deal.id == "d1":
+                deal.fields = {p: stale["fields"].get(p) for p in properties}
+            yield deal
+
+    monkeypatch.setattr(h.crm, "iter_changed", lagging_search)
+    h.sync()
+    # Planned on the stale copy, the run would have pushed "low" over the rep's "highest";
+    # re-read by id, it sees both edits and the priority policy (newest: the rep) decides.
+    assert h.world.deals["d1"]["fields"]["req_priority"] == "highest"
+    assert h.item_for("d1")["priority"] == "Highest"
+    (conflict,) = h.store.conflicts("p")
+    assert conflict["crm_values"] == ["highest"] and conflict["tracker_value"] == "Low"

@@ -195,6 +195,19 @@ def test_update_of_a_missing_deal_is_not_found(emu, make):
     assert isinstance(results[1].error, NotFound)
 
 
+def test_fetch_without_context_skips_the_company_reads(emu, make):
+    ids = emu.seed_deals(3)
+    company = emu.create_company({"name": "Acme"}).id
+    emu.associate(ids[0], company)
+    hs = make()
+    bare = hs.fetch(ids, ["hs_priority"], with_context=False)
+    assert route_calls(emu, "POST /crm/v4/associations/deals/companies/batch/read") == 0
+    assert set(bare) == set(ids) and bare[ids[0]].fields["hs_priority"] is not None
+    full = hs.fetch(ids, ["hs_priority"])
+    assert full[ids[0]].company == "Acme"
+    assert route_calls(emu, "POST /crm/v4/associations/deals/companies/batch/read") == 1
+
+
 def test_null_clears_a_property(emu, make):
     deal_id = emu.seed_deals(1, properties={"description": "x"})[0]
     assert make().update([(deal_id, {"description": None})])[0].ok
