@@ -245,6 +245,7 @@ class Run:
         self._failed: set[tuple[str, str, str]] = set()
         self._last_seq = self._next_seq = 0
         self._remote_failures = 0  # service errors in a row while applying
+        self._searched: set[str] = set()  # deals known only from a search, maybe stale
         self._linked_pairs: set[tuple[str, str]] = set()
         self._req_facts: dict[str, tuple[str, str | None, str | None]] = {}
         self._snapshots: dict[str, dict[str, Any]] | None = None
@@ -334,6 +335,7 @@ class Run:
             latest = max(latest, deal.updated_at) if latest else deal.updated_at
             if deal.id in linked or self.mapping.selects(deal.fields):
                 self._keep_deal(deal)
+                self._searched.add(deal.id)
             if seen % 200 == 0:
                 self._progress("deals read", seen)
         self._progress("deals read", seen)
@@ -586,7 +588,8 @@ class Run:
         looks like the base, and the edit would be lost. Reads by id are fresh, and cheap in
         batches. If anything moved, stage two is planned again on the fresh values.
         """
-        ids = sorted(deal_id for deal_id, write in self.plan.crm_writes.items() if write.values)
+        ids = sorted(deal_id for deal_id, write in self.plan.crm_writes.items()
+                     if write.values and deal_id in self._searched)  # reads by id are fresh
         if not ids:
             return False
         fresh = self.pair.crm.fetch(ids, self.mapping.crm_properties(), with_context=False)
