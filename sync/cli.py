@@ -37,11 +37,21 @@ class FunnelGroup(click.Group):
     """A click group whose commands share one error funnel."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.find_root().params.get("debug"))
         try:
             return super().invoke(ctx)
         except DealsyncError as exc:
-            report_error(exc, debug=bool(ctx.find_root().params.get("debug")))
+            report_error(exc, debug)
             ctx.exit(exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: say so plainly; --debug shows the traceback
+            if debug:
+                raise
+            report_error(DealsyncError(f"internal error: {type(exc).__name__}: {exc}",
+                                       "run again with --debug for the traceback, and report "
+                                       "it with that output"))
+            ctx.exit(errors.EXIT_INTERNAL)
 
 
 def report_error(exc: DealsyncError, debug: bool = False) -> None:
@@ -122,9 +132,7 @@ def progress_printer(enabled: bool) -> Callable[[str, int], None] | None:
         return None
 
     def show(what: str, count: int) -> None:
-        click.echo(f"\r  {what}: {count:>8,}", err=True, nl=False)
-        if what.endswith("written") or what.endswith("read"):
-            click.echo("\033[K", err=True, nl=False)
+        click.echo(f"\r  {what}: {count:,}\033[K", err=True, nl=False)
 
     return show
 
@@ -208,7 +216,8 @@ def _sync(state: Context, pair: str | None, as_json: bool, options: Options) -> 
     else:
         for summary in results:
             print_summary(summary)
-    sys.exit(code) if code else None
+    if code:
+        sys.exit(code)
 
 
 @cli.command()

@@ -199,3 +199,16 @@ def test_second_run_of_same_pair_exits_with_lock_code(workdir):
     assert result.exit_code == 4
     assert json.loads(result.stdout)["pairs"][0]["status"] == "stopped"
     assert "another run of pair 'sales-rd' is in progress" in result.stderr
+
+
+def test_an_internal_error_is_reported_without_a_traceback(workdir, monkeypatch):
+    import sync.cli
+
+    def broken(*args, **kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(sync.cli, "pipeline_report", broken)
+    result = CliRunner().invoke(cli, ["-c", str(workdir / "dealsync.toml"), "report"])
+    assert result.exit_code == 1
+    assert "internal error: KeyError" in result.stderr and "--debug" in result.stderr
+    assert "Traceback" not in result.stderr
