@@ -1,5 +1,6 @@
-"""PingCode (Agile work items): the tracker connector, registered like any third-party plugin,
-and its local emulator (``python -m plugins.pingcode.emulator``)."""
+"""PingCode (Agile work items, or Ship ideas with ``item_kind = "idea"``): the tracker connector,
+registered like any third-party plugin, and its local emulator
+(``python -m plugins.pingcode.emulator``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A faithful local PingCode Open API (Agile work items), built on the shared emulator kit.
+"""A faithful local PingCode Open API (Agile work items and Ship ideas), built on the shared kit.
 
 It follows ``reference/pingcode.md`` (cited as "ref §n" below) and its §11 emulator spec: the GET
 token endpoint with an *absolute* ``expires_in``, 401 on a bad bearer, both path prefixes
@@ -7,12 +7,19 @@ paged from 0, no sort guarantee, the search DSL whose time filters compare whole
 plans and flows that refuse illegal transitions atomically, not-found as HTTP 400 with a code,
 string error codes, and the 200/min sliding window with ``x-pc-retry-after``.
 
+Ship (ref §4, §11 row 18) is served under ``/v1/ship``: products, idea states, priorities and
+properties per product, and ideas (create without state or priority, get, patch, list, search
+with the same DSL, transition histories). An unknown idea is 400 ``100725``; a state outside the
+product's ideas, or one its hidden state plan refuses from the current state, is 400 ``100702``
+(``100719`` when no such state exists anywhere). Tickets, customers and relations are not served.
+
 Behaviour the reference marks as inferred ([I]) is a config key (``/__emu/config``).
 
 Control API (besides the kit's reset/config/clock/faults/requests/stats):
-``POST /__emu/seed`` (see ``seed``), ``POST /__emu/mutate`` (see ``mutate``),
-``POST /__emu/expire_tokens``, ``POST /__emu/fail_next``, ``GET /__emu/items``. The same
-operations are plain methods for in-process use by tests, the demo and the benchmarks.
+``POST /__emu/seed`` (see ``seed``), ``POST /__emu/mutate`` (see ``mutate``; with ``"idea"``
+instead of ``"item"``, ``mutate_idea``), ``POST /__emu/expire_tokens``, ``POST /__emu/fail_next``,
+``GET /__emu/items``, ``GET /__emu/ideas``. The same operations are plain methods for in-process
+use by tests, the demo and the benchmarks.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import copy
 import functools
 import hashlib
 import math
+import random
 import string
 import uuid
 from datetime import date, datetime, time as dtime, timezone
@@ -51,6 +59,14 @@ E_ITEM = ("100317", "工作项资源不存在")
 E_FLOW = ("100379", "工作项状态不能流转到当前状态")
 E_COMMENT = ("100051", "评论资源不存在")
 E_NO_ROUTE = ("100404", "请求的资源不存在")  # [I] code and status (ref §11: unknown routes → 404)
+# Ship (ref §4, §7). The codes are verified, the messages are not [I]. The reference says both
+# 100702 and 100719 mean "state does not exist" and that either is also returned for an existing
+# state the plan does not allow; which one comes when is not said, so [I]: 100719 for an id that
+# is no idea state at all, 100702 for a real state this product or its plan does not allow.
+E_IDEA = ("100725", "需求资源不存在")
+E_IDEA_STATE = ("100702", "'state'资源不存在")
+E_IDEA_STATE_MISSING = ("100719", "'state'资源不存在")
+E_PRODUCT = (E_INVALID, "'product'资源不存在")  # [I] code: not documented
 
 TEXT_OPS = {"exists", "contains"}
 ENUM_OPS = {"exists", "in", "nin"}
@@ -75,6 +91,21 @@ OPS_BY_KIND = {"text": TEXT_OPS, "enum": ENUM_OPS, "ref": ENUM_OPS, "option": EN
                "number": NUMBER_OPS, "time": TIME_OPS}
 PROPERTY_KIND = {"text": "text", "textarea": "text", "select": "option", "multi_select": "option",
                  "number": "number", "date": "time"}
+IDEA_SEARCH_FIELDS = {  # ref §4: the §3.5 DSL over these fields (plus properties.*)
+    "title": ("text", "title"), "description": ("text", "description"),
+    "product.id": ("ref", "product_id"), "state.id": ("ref", "state_id"),
+    "priority.id": ("ref", "priority_id"), "assignee.id": ("ref", "assignee_id"),
+    "tags.id": ("ref", "tag_ids"),
+    "created_at": ("time", "created_at"), "updated_at": ("time", "updated_at"),
+    "completed_at": ("time", "completed_at"),
+}
+IDEA_CREATE_FIELDS = {"assignee_id", "description", "suite_id", "properties"}  # ref §4
+IDEA_PATCHABLE = {"title", "description", "state_id", "priority_id", "assignee_id", "progress",
+                  "plan_at", "real_at", "plan_id", "suite_id", "properties"}  # ref §4
+IDEA_LIST_FILTERS = {"product_id": "product_id", "state_id": "state_id",
+                     "priority_id": "priority_id"}  # ref §4
+# plan_at/real_at granularities: §4 shows only "day"; the D-old page it cites lists these four.
+GRANULARITIES = {"year", "quarter", "month", "day"}
 PATCHABLE = {"title", "description", "start_at", "end_at", "priority_id", "state_id", "assignee_id",
              "parent_id", "version_ids", "board_id", "entry_id", "swimlane_id", "phase_id",
              "story_points", "estimated_workload", "remaining_workload", "properties",
@@ -126,6 +157,13 @@ TASK_STATES = [("打开", "pending", "#56abfb"), ("进行中", "in_progress", "#
 TASK_FLOWS = [(a, b) for a in ("打开", "进行中", "已完成", "关闭")
               for b in ("打开", "进行中", "已完成", "关闭") if a != b]
 
+# A Ship product's idea states. Ship publishes no idea flows (ref §4), so any listed state may be
+# asked for in one PATCH; the product's hidden plan refuses 已拒绝 → 已发布 (a rejected idea is not
+# released without a new review) [I], so clients meet 100702 for an existing state.
+IDEA_STATES = [("待评审", "pending"), ("已规划", "in_progress"), ("开发中", "in_progress"),
+               ("已发布", "completed"), ("已拒绝", "closed")]
+IDEA_REFUSED = [("已拒绝", "已发布")]
+
 DEFAULT_SEED: dict[str, Any] = {
     "apps": [{"client_id": "dealsync-demo", "client_secret": "demo-secret", "name": "dealsync"}],
     "users": [
@@ -160,6 +198,27 @@ DEFAULT_SEED: dict[str, Any] = {
             {"title": "移动端离线模式", "state": "开发中", "priority": "最高", "version": "v2.4",
              "end_at": "2025-06-15", "description": "<p>弱网环境下可查看与编辑。</p>",
              "assignee": "wangwei"},
+        ],
+    }],
+    "products": [{
+        "identifier": "SLC", "name": "销售云",
+        "states": IDEA_STATES, "initial": "待评审", "refused": IDEA_REFUSED,
+        "priorities": ["P0", "P1", "P2", "P3"],
+        "properties": [
+            {"id": "prop_crm_deal", "name": "CRM 商机", "type": "text"},
+            {"id": "backlog_type", "name": "需求类型", "type": "select",
+             "options": ["功能需求", "体验优化"]},
+        ],
+        "plans": ["2025 Q2 版本", "2025 Q3 版本"],
+        "ideas": [
+            {"title": "对接企业微信审批流", "state": "已规划", "priority": "P1",
+             "plan": "2025 Q2 版本", "plan_at": ["2025-04-01", "2025-06-30"],
+             "description": "<p>报价与合同审批走企业微信。</p>", "assignee": "zhangmin"},
+            {"title": "批量导入客户联系人", "priority": "P2",
+             "description": "<p>从 Excel 批量导入联系人并去重。</p>"},
+            {"title": "报价单支持多币种", "state": "开发中", "priority": "P0",
+             "plan": "2025 Q2 版本", "plan_at": ["2025-04-15", "2025-05-31"],
+             "description": "<p>美元、欧元报价，按当日汇率折算。</p>", "assignee": "lina"},
         ],
     }],
 }
@@ -209,6 +268,9 @@ class PingCodeEmulator(Emulator):
         """Forget everything, restore the default config and load ``DEFAULT_SEED``."""
         super().reset(seed)
         self.seed_value = seed
+        # Ship data draws its ids from its own generator, so adding Ship left every id of the
+        # Agile world (and the demo and benchmark runs built on it) exactly as it was.
+        self.ship_random = random.Random(f"ship:{seed}")
         self.config = copy.deepcopy(DEFAULT_CONFIG)
         self.clock = RealtimeClock() if self.realtime else VirtualClock(DEFAULT_START)
         self.apps: dict[str, dict[str, Any]] = {}
@@ -233,20 +295,32 @@ class PingCodeEmulator(Emulator):
         self.short_ids: dict[str, str] = {}
         self.histories: dict[str, list[dict[str, Any]]] = {}
         self.comments: dict[str, dict[str, Any]] = {}
+        # Ship (ref §4): everything is per product
+        self.products: dict[str, dict[str, Any]] = {}
+        self.idea_states: dict[str, dict[str, Any]] = {}               # state id -> state
+        self.idea_state_plans: dict[str, dict[str, Any]] = {}          # product id -> plan
+        self.idea_priorities: dict[str, list[dict[str, Any]]] = {}     # product id -> priorities
+        self.idea_property_defs: dict[str, list[dict[str, Any]]] = {}  # product id -> defs
+        self.release_plans: dict[str, list[dict[str, Any]]] = {}       # product id -> 排期
+        self.ideas: dict[str, dict[str, Any]] = {}
+        self.idea_histories: dict[str, list[dict[str, Any]]] = {}
 
     def now(self) -> int:
         """The virtual clock as PingCode prints time: 10-digit unix seconds."""
         return int(self.clock.now().timestamp())
 
-    def _hex(self, length: int = 24) -> str:
-        return f"{self.random.getrandbits(length * 4):0{length}x}"
+    def _hex(self, length: int = 24, rng: random.Random | None = None) -> str:
+        return f"{(rng or self.random).getrandbits(length * 4):0{length}x}"
 
-    def _short_id(self) -> str:
+    def _short_id(self, rng: random.Random | None = None) -> str:
         alphabet = string.ascii_letters + string.digits
         while True:
-            short = "".join(self.random.choice(alphabet) for _ in range(8))
+            short = "".join((rng or self.random).choice(alphabet) for _ in range(8))
             if short not in self.short_ids:
                 return short
+
+    def _ship_hex(self) -> str:
+        return self._hex(rng=self.ship_random)
 
     def _day(self, ts: int) -> date:
         return datetime.fromtimestamp(ts, ZoneInfo(self.config["day_timezone"])).date()
@@ -263,9 +337,12 @@ class PingCodeEmulator(Emulator):
     @_locked
     def seed(self, spec: dict[str, Any], replace: bool = False) -> dict[str, Any]:
         """Add apps, users, projects (with types, states, flows, priorities, properties, versions)
-        and items. A project whose identifier exists gets only its new ``items``/``versions`` (and
-        ``generate_items``: N more stories). ``replace`` first drops every project and item (apps,
-        users and issued tokens stay). Returns the identifiers of the created items."""
+        and items, and Ship products (see ``_seed_product``) with their ideas. A project whose
+        identifier exists gets only its new ``items``/``versions`` (and ``generate_items``: N more
+        stories); a product likewise gets only its new ``ideas`` (and ``generate_ideas``).
+        ``replace`` first drops every project, product, item and idea (apps, users and issued
+        tokens stay). Returns the identifiers of the created items (and ideas, when the spec
+        has products)."""
         if replace:
             self._clear_data()
         for app in spec.get("apps", []):
@@ -286,7 +363,19 @@ class PingCodeEmulator(Emulator):
             for n in range(int(project_spec.get("generate_items", 0))):
                 created.append(self.add_item(project=project["identifier"], type=first_type,
                                              title=f"生成的需求 {n + 1}")["identifier"])
-        return {"items": created}
+        if "products" not in spec:
+            return {"items": created}
+        ideas: list[str] = []
+        for product_spec in spec["products"]:
+            product = self._product_by_ref(product_spec["identifier"])
+            if product is None:
+                product = self._seed_product(product_spec)
+            for idea in product_spec.get("ideas", []):
+                ideas.append(self.add_idea(product=product["identifier"], **idea)["identifier"])
+            for n in range(int(product_spec.get("generate_ideas", 0))):
+                ideas.append(self.add_idea(f"生成的想法 {n + 1}",
+                                           product=product["identifier"])["identifier"])
+        return {"items": created, "ideas": ideas}
 
     def _seed_app(self, app: dict[str, Any]) -> None:
         user = self._seed_user({"name": app.get("name", app["client_id"]),
@@ -476,6 +565,169 @@ class PingCodeEmulator(Emulator):
         record = self._require_item(ref, include_deleted=True)
         return [self._history_shape(h) for h in self.histories[record["id"]]]
 
+    # == Ship: seeding, PM-side edits and in-process views (ref §4) ==============================
+    def _seed_product(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A product with its idea ``states`` (``[name, type]``; default ``IDEA_STATES``),
+        ``initial`` state, ``refused`` ``[from, to]`` state pairs its hidden plan does not allow,
+        ``priorities``, idea ``properties`` and ``plans`` (排期, by name). Ids are per product:
+        "Id resolution is product-scoped" (ref §4)."""
+        pid, now = self._ship_hex(), self.now()
+        product = {"id": pid, "identifier": spec["identifier"],
+                   "name": spec.get("name", spec["identifier"]),
+                   "description": spec.get("description", ""), "is_archived": 0, "is_deleted": 0,
+                   "next_number": 1, "created_at": now, "updated_at": now}
+        self.products[pid] = product
+        by_name = {}
+        for entry in spec.get("states", IDEA_STATES):
+            name, category = (entry if isinstance(entry, (list, tuple)) else
+                              (entry["name"], entry["type"]))
+            state = {"id": self._ship_hex(), "name": name, "type": category}
+            self.idea_states[state["id"]] = state
+            by_name[name] = state["id"]
+        self.idea_state_plans[pid] = {
+            "states": list(by_name.values()),
+            "initial": by_name[spec.get("initial") or next(iter(by_name))],
+            "refused": {(by_name[a], by_name[b]) for a, b in spec.get("refused", [])}}
+        self.idea_priorities[pid] = [{"id": self._ship_hex(), "name": name}
+                                     for name in spec.get("priorities", [])]
+        self.idea_property_defs[pid] = [
+            {"id": prop["id"], "name": prop.get("name", prop["id"]),
+             "type": prop.get("type", "text"),
+             "options": [{"_id": self._ship_hex(), "text": text}
+                         for text in prop.get("options", [])]}
+            for prop in spec.get("properties", [])]
+        self.release_plans[pid] = [{"id": self._ship_hex(), "name": name}
+                                   for name in spec.get("plans", [])]
+        return product
+
+    @_locked
+    def add_idea(self, title: str, product: str = "SLC", state: str | None = None,
+                 priority: str | None = None, description: str = "", plan: str | None = None,
+                 plan_at: Any = None, properties: dict[str, Any] | None = None,
+                 assignee: str | None = None, by: str | None = None) -> dict[str, Any]:
+        """Create an idea as a person would in Ship (names, not ids; any of the product's
+        states). ``plan_at`` is ``["YYYY-MM-DD", "YYYY-MM-DD"]`` or the API's object."""
+        prod = self._require_product(product)
+        pid = prod["id"]
+        user = self._user_by_name(by) if by else self._a_person()
+        record = self._new_idea(prod, title, user["id"])
+        record.update(
+            description=description,
+            state_id=(self._idea_state_by_name(pid, state)["id"] if state
+                      else self.idea_state_plans[pid]["initial"]),
+            priority_id=self._idea_priority_by_name(pid, priority)["id"] if priority else None,
+            plan_id=self._release_plan_by_name(pid, plan)["id"] if plan else None,
+            plan_at=self._period(plan_at),
+            assignee_id=self._user_by_name(assignee)["id"] if assignee else None,
+            properties=self._resolve_labels(self.idea_property_defs[pid], properties or {}))
+        self._mark_idea_completed(record, user["id"])
+        return self._idea_full(record)
+
+    def _new_idea(self, product: dict[str, Any], title: str, user_id: str) -> dict[str, Any]:
+        now = self.now()
+        number = product["next_number"]
+        product["next_number"] += 1
+        record = {
+            "id": self._ship_hex(), "product_id": product["id"], "number": number,
+            "identifier": f"{product['identifier']}-{number}", "title": title,
+            "description": "", "state_id": None, "priority_id": None, "assignee_id": None,
+            "plan_id": None, "suite_id": None, "plan_at": None, "real_at": None, "progress": 0,
+            "score": 0, "properties": {}, "tag_ids": [], "completed_at": None,
+            "completed_by": None, "created_at": now, "created_by": user_id, "updated_at": now,
+            "updated_by": user_id, "is_archived": 0, "is_deleted": 0,
+            "short_id": self._short_id(self.ship_random),
+        }
+        self.ideas[record["id"]] = record
+        self.short_ids[record["short_id"]] = record["id"]
+        self.idea_histories[record["id"]] = []
+        return record
+
+    def _period(self, value: Any) -> dict[str, Any] | None:
+        """``plan_at``/``real_at`` from ``[first day, last day]``: whole Beijing days [I]."""
+        if value is None or isinstance(value, dict):
+            return value
+        first, last = value
+        start = self._time_value(first) - 86399  # the end of the first day, less a day
+        return {"from": start, "to": self._time_value(last), "granularity": "day"}
+
+    @_locked
+    def mutate_idea(self, idea: str, *, title: str | None = None, state: str | None = None,
+                    force: bool = False, priority: str | None = None,
+                    description: str | None = None, plan: str | None = None,
+                    plan_at: Any = None, properties: dict[str, Any] | None = None,
+                    deleted: bool | None = None, by: str = "lina") -> dict[str, Any]:
+        """Edit an idea as a product manager would (names, not ids). ``state`` moves in one step
+        (Ship has no idea flows, ref §4) unless the product's plan refuses it (400 100702);
+        ``force`` moves it anyway, as an admin can. ``plan`` is a plan (排期) name or "" for
+        none; ``deleted`` hides the idea (ideas have no DELETE endpoint, ref §4, but people
+        delete them in Ship)."""
+        record = self._require_idea(idea, include_deleted=True)
+        pid = record["product_id"]
+        user = self._user_by_name(by)
+        if state is not None:
+            target = self._idea_state_by_name(pid, state)["id"]
+            if target != record["state_id"]:
+                if not force:
+                    self._check_idea_move(record, target)
+                self._idea_transition(record, target, user["id"])
+        if title is not None:
+            record["title"] = title
+        if description is not None:
+            record["description"] = description
+        if priority is not None:
+            record["priority_id"] = self._idea_priority_by_name(pid, priority)["id"]
+        if plan is not None:
+            record["plan_id"] = self._release_plan_by_name(pid, plan)["id"] if plan else None
+        if plan_at is not None:
+            record["plan_at"] = self._period(plan_at)
+        if properties is not None:
+            record["properties"].update(self._resolve_labels(self.idea_property_defs[pid],
+                                                             properties))
+        if deleted is not None:
+            record["is_deleted"] = int(deleted)
+        self._touch(record, user["id"])
+        return self._idea_full(record)
+
+    @_locked
+    def dump_ideas(self, include_deleted: bool = True) -> list[dict[str, Any]]:
+        """Every idea, full shape, ordered by identifier."""
+        rows = sorted(self.ideas.values(), key=lambda r: (r["product_id"], r["number"]))
+        return [self._idea_full(r) for r in rows if include_deleted or not r["is_deleted"]]
+
+    @_locked
+    def idea(self, ref: str) -> dict[str, Any]:
+        """One idea (by id, short id or identifier), full shape, deleted or not."""
+        return self._idea_full(self._require_idea(ref, include_deleted=True))
+
+    @_locked
+    def idea_transitions(self, ref: str) -> list[dict[str, Any]]:
+        """An idea's state changes, oldest first, in the transition-history shape."""
+        record = self._require_idea(ref, include_deleted=True)
+        return [self._idea_history_shape(h) for h in self.idea_histories[record["id"]]]
+
+    def _check_idea_move(self, record: dict[str, Any], target: str) -> None:
+        """ref §4, §7: a real state that is not one of this product's idea states, or that the
+        product's plan does not allow from the current state, is refused with 100702."""
+        plan = self.idea_state_plans[record["product_id"]]
+        if target not in plan["states"] or (record["state_id"], target) in plan["refused"]:
+            raise _pair(E_IDEA_STATE)
+
+    def _idea_transition(self, record: dict[str, Any], state_id: str, user_id: str | None) -> None:
+        self.idea_histories[record["id"]].append({
+            "id": self._ship_hex(), "idea_id": record["id"], "from": record["state_id"],
+            "to": state_id, "created_at": self.now(), "created_by": user_id})
+        record["state_id"] = state_id
+        self._mark_idea_completed(record, user_id)
+
+    def _mark_idea_completed(self, record: dict[str, Any], user_id: str | None) -> None:
+        """``completed_at``/``completed_by`` (ref §4 shape) are set on entering a completed or
+        closed state and cleared on leaving one [I], as for work items."""
+        if self.idea_states[record["state_id"]]["type"] in ("completed", "closed"):
+            if not record["completed_at"]:
+                record["completed_at"], record["completed_by"] = self.now(), user_id
+        else:
+            record["completed_at"] = record["completed_by"] = None
+
     # == lookups ===================================================================================
     def _project_by_ref(self, ref: str) -> dict[str, Any] | None:
         for project in self.projects.values():
@@ -496,6 +748,45 @@ class PingCodeEmulator(Emulator):
         if record is None or (record["is_deleted"] and not include_deleted):
             raise _pair(E_ITEM)
         return record
+
+    def _product_by_ref(self, ref: str) -> dict[str, Any] | None:
+        for product in self.products.values():
+            if ref in (product["id"], product["identifier"]):
+                return product
+        return None
+
+    def _require_product(self, ref: Any) -> dict[str, Any]:
+        product = self._product_by_ref(ref) if isinstance(ref, str) else None
+        if product is None or product["is_deleted"]:
+            raise _pair(E_PRODUCT)
+        return product
+
+    def _require_idea(self, ref: Any, include_deleted: bool = False) -> dict[str, Any]:
+        """By id, short id or identifier, as for work items; unknown → 400 100725 (ref §7)."""
+        record = self.ideas.get(ref) or self.ideas.get(self.short_ids.get(ref, ""))
+        if record is None and isinstance(ref, str):
+            record = next((r for r in self.ideas.values() if r["identifier"] == ref), None)
+        if record is None or (record["is_deleted"] and not include_deleted):
+            raise _pair(E_IDEA)
+        return record
+
+    def _idea_state_by_name(self, pid: str, name: str) -> dict[str, Any]:
+        for state_id in self.idea_state_plans[pid]["states"]:
+            if name in (state_id, self.idea_states[state_id]["name"]):
+                return self.idea_states[state_id]
+        raise _pair(E_IDEA_STATE)
+
+    def _idea_priority_by_name(self, pid: str, name: str) -> dict[str, Any]:
+        for priority in self.idea_priorities[pid]:
+            if name in (priority["id"], priority["name"]):
+                return priority
+        raise _error(E_INVALID, f"'priority'资源不存在: {name}")
+
+    def _release_plan_by_name(self, pid: str, name: str) -> dict[str, Any]:
+        for plan in self.release_plans[pid]:
+            if name in (plan["id"], plan["name"]):
+                return plan
+        raise _error(E_INVALID, f"'plan'资源不存在: {name}")
 
     def _user_by_name(self, name: str) -> dict[str, Any]:
         for user in self.users.values():
@@ -532,16 +823,20 @@ class PingCodeEmulator(Emulator):
 
     def _resolve_property_labels(self, pid: str, type_id: str,
                                  values: dict[str, Any]) -> dict[str, Any]:
+        return self._resolve_labels(self.property_defs.get((pid, type_id), []), values)
+
+    def _resolve_labels(self, definitions: list[dict[str, Any]],
+                        values: dict[str, Any]) -> dict[str, Any]:
         """Seed-side convenience: select values may be given as option texts."""
         out = {}
-        defs = {d["id"]: d for d in self.property_defs.get((pid, type_id), [])}
+        defs = {d["id"]: d for d in definitions}
         for key, value in values.items():
             definition = defs.get(key)
             if definition and definition["options"]:
                 value = next((o["_id"] for o in definition["options"]
                               if value in (o["_id"], o["text"])), value)
             out[key] = value
-        self._check_properties(pid, type_id, out)
+        self._check_property_values(definitions, out)
         return out
 
     # == shapes ====================================================================================
@@ -638,6 +933,79 @@ class PingCodeEmulator(Emulator):
                 "from_state": self._state_ref(h["from"]), "to_state": self._state_ref(h["to"]),
                 "created_at": h["created_at"], "created_by": self._user_ref(h["created_by"])}
 
+    # -- Ship shapes (ref §4; refs as in the D-old page §4 cites) ---------------------------------
+    @property
+    def _ship_base(self) -> str:
+        return self._root() + "/v1/ship"
+
+    def _product_ref(self, pid: str) -> dict[str, Any]:
+        p = self.products[pid]
+        return {"id": pid, "url": f"{self._ship_base}/products/{pid}",
+                "identifier": p["identifier"], "name": p["name"],
+                "is_archived": p["is_archived"], "is_deleted": p["is_deleted"]}
+
+    def _product_full(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {**self._product_ref(p["id"]), "description": p["description"],
+                "created_at": p["created_at"], "updated_at": p["updated_at"]}
+
+    def _idea_state_ref(self, state_id: str | None) -> dict[str, Any] | None:
+        if state_id is None:
+            return None
+        s = self.idea_states[state_id]
+        return {"id": s["id"], "url": f"{self._ship_base}/idea_states/{s['id']}",
+                "name": s["name"], "type": s["type"]}
+
+    def _idea_priority_ref(self, pid: str, priority_id: str | None) -> dict[str, Any] | None:
+        for p in self.idea_priorities[pid]:
+            if p["id"] == priority_id:
+                return {"id": p["id"], "url": f"{self._ship_base}/idea_priorities/{p['id']}",
+                        "name": p["name"]}
+        return None
+
+    def _release_plan_ref(self, pid: str, plan_id: str | None) -> dict[str, Any] | None:
+        for plan in self.release_plans[pid]:
+            if plan["id"] == plan_id:
+                return {"id": plan["id"],
+                        "url": f"{self._ship_base}/products/{pid}/plans/{plan['id']}",
+                        "name": plan["name"]}
+        return None
+
+    def _idea_full(self, r: dict[str, Any]) -> dict[str, Any]:
+        """The idea's full shape (ref §4)."""
+        pid = r["product_id"]
+        url = f"{self._ship_base}/ideas/{r['id']}"
+        properties = {d["id"]: None for d in self.idea_property_defs[pid]}
+        properties.update(r["properties"])
+        return {
+            "id": r["id"], "url": url, "product": self._product_ref(pid),
+            "identifier": r["identifier"], "title": r["title"], "short_id": r["short_id"],
+            "html_url": f"https://{self.config['tenant']}.pingcode.com/ship/ideas/"
+                        f"{r['short_id']}",
+            "assignee": self._user_ref(r["assignee_id"]), "state": self._idea_state_ref(
+                r["state_id"]), "priority": self._idea_priority_ref(pid, r["priority_id"]),
+            "plan": self._release_plan_ref(pid, r["plan_id"]), "suite": None,
+            "plan_at": copy.deepcopy(r["plan_at"]), "real_at": copy.deepcopy(r["real_at"]),
+            "score": r["score"], "progress": r["progress"], "description": r["description"],
+            "properties": properties, "participants": [],
+            "completed_at": r["completed_at"], "completed_by": self._user_ref(r["completed_by"]),
+            "created_at": r["created_at"], "created_by": self._user_ref(r["created_by"]),
+            "updated_at": r["updated_at"], "updated_by": self._user_ref(r["updated_by"]),
+            "is_archived": r["is_archived"], "is_deleted": r["is_deleted"],
+        }
+
+    def _idea_ref(self, r: dict[str, Any]) -> dict[str, Any]:
+        return {"id": r["id"], "url": f"{self._ship_base}/ideas/{r['id']}",
+                "identifier": r["identifier"], "title": r["title"], "short_id": r["short_id"],
+                "html_url": f"https://{self.config['tenant']}.pingcode.com/ship/ideas/"
+                            f"{r['short_id']}"}
+
+    def _idea_history_shape(self, h: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self._ship_base}/ideas/{h['idea_id']}/transition_histories/{h['id']}"
+        return {"id": h["id"], "url": url, "idea": self._idea_ref(self.ideas[h["idea_id"]]),
+                "from_state": self._idea_state_ref(h["from"]),
+                "to_state": self._idea_state_ref(h["to"]),
+                "created_at": h["created_at"], "created_by": self._user_ref(h["created_by"])}
+
     def _envelope(self, rows: list[Any], page_index: int, page_size: int,
                   shape: Callable[[Any], Any] = lambda x: x) -> dict[str, Any]:
         start = page_index * page_size
@@ -666,8 +1034,13 @@ class PingCodeEmulator(Emulator):
         if self.config["shuffle"]:
             return sorted(rows, key=lambda r: hashlib.sha1(
                 f"{self.seed_value}:{r['id']}".encode()).hexdigest())
-        return sorted(rows, key=lambda r: (self.projects[r["project_id"]]["identifier"],
-                                           r["number"]))
+        return sorted(rows, key=lambda r: (self._scope_of(r)["identifier"], r["number"]))
+
+    def _scope_of(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The project of a work item, the product of an idea."""
+        if "product_id" in record:
+            return self.products[record["product_id"]]
+        return self.projects[record["project_id"]]
 
     # == routes ====================================================================================
     def install_routes(self) -> None:
@@ -690,6 +1063,17 @@ class PingCodeEmulator(Emulator):
         api("PATCH", rf"{PREFIX}/work_items/{ID}", self.h_patch)
         api("DELETE", rf"{PREFIX}/work_items/{ID}", self.h_delete)
         api("GET", rf"{PREFIX}/work_items/{ID}/transition_histories", self.h_histories)
+        # Ship (ref §4, §11 row 18): one prefix, so no {prefix} group
+        api("GET", r"/v1/ship/products", self.h_ship_products)
+        api("GET", r"/v1/ship/idea/states", self.h_idea_states)
+        api("GET", r"/v1/ship/idea/priorities", self.h_idea_priorities)
+        api("GET", r"/v1/ship/idea/properties", self.h_idea_properties)
+        api("POST", r"/v1/ship/ideas", self.h_idea_create)
+        api("GET", r"/v1/ship/ideas", self.h_idea_list)
+        api("POST", r"/v1/ship/ideas/search", self.h_idea_search)
+        api("GET", rf"/v1/ship/ideas/{ID}", self.h_idea_get)
+        api("PATCH", rf"/v1/ship/ideas/{ID}", self.h_idea_patch)
+        api("GET", rf"/v1/ship/ideas/{ID}/transition_histories", self.h_idea_histories)
         api("POST", r"/v1/comments", self.h_comment_create)
         api("GET", r"/v1/comments", self.h_comments)
         api("GET", r"/v1/directory/users", self.h_users)
@@ -702,9 +1086,13 @@ class PingCodeEmulator(Emulator):
                    {"ok": True})
         self.route("GET", r"/__emu/items", lambda r: {"items": self.dump_items(
             include_deleted=_flag(r.arg("include_deleted", "true")))})
+        self.route("GET", r"/__emu/ideas", lambda r: {"ideas": self.dump_ideas(
+            include_deleted=_flag(r.arg("include_deleted", "true")))})
 
     def _ctl_mutate(self, req: Request) -> Any:
         body = dict(req.json() or {})
+        if "idea" in body:
+            return self.mutate_idea(body.pop("idea"), **body)
         return self.mutate(body.pop("item"), **body)
 
     def _api(self, method: str, pattern: str, handler: Callable[[Request], Any]) -> None:
@@ -865,9 +1253,13 @@ class PingCodeEmulator(Emulator):
 
     # -- work items: validation shared by create, patch and bulk patch ----------------------------
     def _check_properties(self, pid: str, type_id: str, values: Any) -> None:
+        self._check_property_values(self.property_defs.get((pid, type_id), []), values)
+
+    @staticmethod
+    def _check_property_values(definitions: list[dict[str, Any]], values: Any) -> None:
         if not isinstance(values, dict):
             raise _error(E_INVALID, "'properties'格式不正确")
-        defs = {d["id"]: d for d in self.property_defs.get((pid, type_id), [])}
+        defs = {d["id"]: d for d in definitions}
         for key, value in values.items():
             definition = defs.get(key)
             if definition is None:  # ref §3.3: not in the type's property plan
@@ -1078,36 +1470,45 @@ class PingCodeEmulator(Emulator):
         return (not low or value >= int(low)) and (not high or value <= int(high))
 
     def h_search(self, req: Request) -> Any:
+        defs = [d for defs in self.property_defs.values() for d in defs]
+        return self._run_search(req, self._visible, SEARCH_FIELDS, defs, self._full)
+
+    def _run_search(self, req: Request, visible: Callable[[bool, bool], list[dict[str, Any]]],
+                    fields: dict[str, tuple[str, str]],
+                    property_defs: list[dict[str, Any]],
+                    shape: Callable[[dict[str, Any]], Any]) -> Any:
+        """The §3.5 DSL, for work items and (ref §4: "same DSL") Ship ideas alike."""
         body = req.json() or {}
         if body.get("mode") != "query" or not isinstance(body.get("payload"), dict):
             raise _error(E_INVALID, "'mode'必须为query且'payload'不能为空")
         payload = body["payload"]
         page_index, page_size = self._paging(payload.get("page_index"), payload.get("page_size"))
-        rows = self._visible(bool(payload.get("include_deleted")),
-                             bool(payload.get("include_archived")))
+        rows = visible(bool(payload.get("include_deleted")), bool(payload.get("include_archived")))
         filters = payload.get("filter") or {}
         if not isinstance(filters, dict):
             raise _error(E_INVALID, "'filter'格式不正确")
         for field, condition in filters.items():
-            kind, getter = self._search_field(field)
+            kind, getter = self._search_field(field, fields, property_defs)
             op, operand = self._operator(field, kind, condition)
             rows = [r for r in rows if self._test(kind, op, getter(r), operand)]
         keywords = (payload.get("keywords") or "").lower()
         if keywords:
             rows = [r for r in rows
                     if keywords in r["title"].lower() or keywords == r["identifier"].lower()]
-        return self._envelope(self._order(rows), page_index, page_size, self._full)
+        return self._envelope(self._order(rows), page_index, page_size, shape)
 
-    def _search_field(self, field: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+    @staticmethod
+    def _search_field(field: str, fields: dict[str, tuple[str, str]],
+                      property_defs: list[dict[str, Any]],
+                      ) -> tuple[str, Callable[[dict[str, Any]], Any]]:
         if field in NOT_FILTERABLE:
             raise _error(E_INVALID, f"'{field}'不支持过滤")
-        if field in SEARCH_FIELDS:
-            kind, attr = SEARCH_FIELDS[field]
+        if field in fields:
+            kind, attr = fields[field]
             return kind, lambda r: r.get(attr)
         if field.startswith("properties."):
             key = field.split(".", 1)[1]
-            kinds = {PROPERTY_KIND.get(d["type"], "text") for defs in self.property_defs.values()
-                     for d in defs if d["id"] == key}
+            kinds = {PROPERTY_KIND.get(d["type"], "text") for d in property_defs if d["id"] == key}
             if not kinds:
                 raise _error(E_UNKNOWN_PROPERTY, f"属性'{key}'不存在")
             return kinds.pop(), lambda r: r["properties"].get(key)
@@ -1153,6 +1554,177 @@ class PingCodeEmulator(Emulator):
         return {"eq": value == operand, "ne": value != operand, "gt": value > operand,
                 "lt": value < operand, "gte": value >= operand, "lte": value <= operand}[op]
 
+    # -- Ship: products and idea configuration (ref §4) -------------------------------------------
+    def h_ship_products(self, req: Request) -> Any:
+        """ref §4: filters are ``keywords`` (and, D-old, date ranges); no identifier filter."""
+        rows = [p for p in self.products.values() if not p["is_deleted"]]
+        if req.arg("keywords"):
+            kw = req.arg("keywords", "").lower()
+            rows = [p for p in rows if kw in p["name"].lower() or kw in p["identifier"].lower()]
+        return self._list(req, rows, self._product_full)
+
+    def _require_product_id(self, pid: str | None) -> str:
+        if not pid:
+            raise _error(E_MISSING, "'product_id'不能为空")
+        return self._require_product(pid)["id"]
+
+    def h_idea_states(self, req: Request) -> Any:
+        pid = self._require_product_id(req.arg("product_id"))
+        return self._list(req, self.idea_state_plans[pid]["states"], self._idea_state_ref)
+
+    def h_idea_priorities(self, req: Request) -> Any:
+        pid = self._require_product_id(req.arg("product_id"))
+        return self._list(req, self.idea_priorities[pid],
+                          lambda p: self._idea_priority_ref(pid, p["id"]))
+
+    def h_idea_properties(self, req: Request) -> Any:
+        pid = self._require_product_id(req.arg("product_id"))
+        return self._list(req, self.idea_property_defs[pid], lambda d: {
+            "id": d["id"], "url": f"{self._ship_base}/idea_properties/{d['id']}",
+            "name": d["name"], "type": d["type"], "options": copy.deepcopy(d["options"]) or None})
+
+    # -- Ship: ideas ------------------------------------------------------------------------------
+    def _validated_idea_changes(self, record: dict[str, Any],
+                                body: dict[str, Any]) -> dict[str, Any]:
+        """Check a PATCH body (ref §4 lists the fields) against ``record`` without touching it;
+        return the changes. Unknown fields are ignored, as for work items [I]."""
+        pid = record["product_id"]
+        changes: dict[str, Any] = {}
+        for key, value in body.items():
+            if key not in IDEA_PATCHABLE:
+                continue
+            if key == "title":
+                self._check_idea_title(value)
+            if key == "description" and not isinstance(value, (str, type(None))):
+                raise _error(E_INVALID, "'description'必须是字符串")
+            if key == "state_id":
+                self._check_ref(key, value)
+                if value not in self.idea_states:
+                    raise _pair(E_IDEA_STATE_MISSING)
+                if value != record["state_id"]:
+                    self._check_idea_move(record, value)
+            if key == "priority_id" and value is not None:
+                self._check_ref(key, value)
+                self._idea_priority_by_name(pid, value)
+            if key == "assignee_id" and value is not None:
+                self._check_ref(key, value)
+                if value not in self.users:
+                    raise _error(E_INVALID, "'assignee'资源不存在")
+            if key == "progress" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise _error(E_INVALID, "'progress'必须是0到1之间的数字")  # ref §4: 0–1
+            if key in ("plan_at", "real_at") and value is not None:
+                self._check_period(key, value)
+            if key == "plan_id" and value is not None:
+                self._check_ref(key, value)
+                self._release_plan_by_name(pid, value)
+            if key == "suite_id" and value is not None:
+                raise _error(E_INVALID, "'suite'资源不存在")  # no modules are seeded
+            if key == "properties":
+                self._check_property_values(self.idea_property_defs[pid], value)
+                if self.config["properties_patch"] == "merge":
+                    value = {**record["properties"], **value}
+            changes[key] = value
+        return changes
+
+    @staticmethod
+    def _check_idea_title(value: Any) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise _error(E_MISSING, "'title'不能为空")
+        if len(value) > 255:  # ref §4
+            raise _error(E_INVALID, "'title'长度不能超过255")
+
+    @staticmethod
+    def _check_period(key: str, value: Any) -> None:
+        """``plan_at``/``real_at`` are replaced whole, so all three parts are required (ref §4
+        names them; the D-old page it cites says they are required and lists granularities)."""
+        ok = (isinstance(value, dict) and isinstance(value.get("from"), int)
+              and isinstance(value.get("to"), int) and value.get("granularity") in GRANULARITIES)
+        if not ok:
+            raise _error(E_INVALID, f"'{key}'必须包含from、to和granularity")
+
+    def _apply_idea(self, record: dict[str, Any], changes: dict[str, Any]) -> None:
+        changed = False
+        for key, value in changes.items():
+            if key == "state_id":
+                if value != record["state_id"]:
+                    self._idea_transition(record, value, self._caller)
+                    changed = True
+                continue
+            if record.get(key) != value:
+                record[key] = value
+                changed = True
+        if changed:
+            self._touch(record, self._caller)
+
+    def h_idea_create(self, req: Request) -> Any:
+        """ref §4: ``product_id`` and ``title`` (≤255) required; ``assignee_id``,
+        ``description``, ``suite_id``, ``properties`` optional. "No state or priority on create":
+        a ``state_id`` or ``priority_id`` sent anyway is ignored like any unknown field [I]."""
+        body = req.json()
+        if not isinstance(body, dict):
+            raise _error(E_INVALID, "请求体格式不正确")
+        for key in ("product_id", "title"):
+            if not body.get(key):
+                raise _error(E_MISSING, f"'{key}'不能为空")
+        product = self._require_product(body["product_id"])
+        self._check_idea_title(body["title"])
+        probe = {"product_id": product["id"], "properties": {},
+                 "state_id": self.idea_state_plans[product["id"]]["initial"]}
+        changes = self._validated_idea_changes(
+            probe, {k: v for k, v in body.items() if k in IDEA_CREATE_FIELDS})
+        record = self._new_idea(product, body["title"], self._caller or "")
+        record["state_id"] = probe["state_id"]
+        record.update(changes)
+        self._mark_idea_completed(record, self._caller)
+        return Response(int(self.config["create_status"]), self._idea_full(record))
+
+    def h_idea_get(self, req: Request) -> Any:
+        return self._idea_full(self._require_idea(req.params["id"]))
+
+    def h_idea_patch(self, req: Request) -> Any:
+        record = self._require_idea(req.params["id"])
+        body = req.json()
+        if not isinstance(body, dict):
+            raise _error(E_INVALID, "请求体格式不正确")
+        changes = self._validated_idea_changes(record, body)  # raises before anything changes
+        self._apply_idea(record, changes)
+        return self._idea_full(record)
+
+    def h_idea_histories(self, req: Request) -> Any:
+        record = self._require_idea(req.params["id"], include_deleted=True)
+        return self._list(req, self.idea_histories[record["id"]], self._idea_history_shape)
+
+    def _visible_ideas(self, include_deleted: bool, include_archived: bool,
+                       ) -> list[dict[str, Any]]:
+        return [r for r in self.ideas.values()
+                if (include_deleted or not r["is_deleted"])
+                and (include_archived or not r["is_archived"])]
+
+    def h_idea_list(self, req: Request) -> Any:
+        """ref §4: ``product_id, state_id, priority_id, keywords``; D-old also
+        ``created_between, updated_between``. ``keywords`` matches the identifier or the title
+        (the D-old page: "支持需求编号和需求标题")."""
+        rows = self._visible_ideas(_flag(req.arg("include_deleted")),
+                                   _flag(req.arg("include_archived")))
+        for param, attr in IDEA_LIST_FILTERS.items():
+            if req.arg(param):
+                rows = [r for r in rows if r[attr] == req.arg(param)]
+        for field in ("created", "updated"):
+            between = req.arg(f"{field}_between")
+            if between:
+                rows = [r for r in rows if self._between(r[f"{field}_at"], between)]
+        if req.arg("keywords"):
+            kw = req.arg("keywords", "").lower()
+            rows = [r for r in rows if kw in r["title"].lower() or kw == r["identifier"].lower()]
+        return self._list(req, self._order(rows), self._idea_full)
+
+    def h_idea_search(self, req: Request) -> Any:
+        """ref §4: "Same DSL as §3.5"; time fields created_at, updated_at, completed_at; refs
+        product.id, state.id, priority.id, assignee.id, tags.id; and properties.*."""
+        defs = [d for defs in self.idea_property_defs.values() for d in defs]
+        return self._run_search(req, self._visible_ideas, IDEA_SEARCH_FIELDS, defs,
+                                self._idea_full)
+
     # -- comments ---------------------------------------------------------------------------------
     def h_comment_create(self, req: Request) -> Any:
         body = req.json() or {}
@@ -1161,6 +1733,8 @@ class PingCodeEmulator(Emulator):
                 raise _error(E_MISSING, f"'{key}'不能为空")
         if body["principal_type"] == "work_item":
             self._require_item(body["principal_id"])
+        elif body["principal_type"] == "idea":  # ref §5
+            self._require_idea(body["principal_id"])
         comment = {"id": self._hex(), "principal_type": body["principal_type"],
                    "principal_id": body["principal_id"], "content": body["content"],
                    "created_at": int(body.get("created_at") or self.now()),

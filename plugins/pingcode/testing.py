@@ -20,8 +20,10 @@ DEMO_SECRETS = {"client_id": "dealsync-demo", "client_secret": "demo-secret"}
 def emulator_connector(emu: PingCodeEmulator, name: str = "pingcode", *,
                        virtual_time: bool = True, secrets: dict[str, str] | None = None,
                        **settings: Any) -> PingCodeConnector:
-    """A connector for project SCR (unless ``settings`` say otherwise) on ``emu``."""
-    settings = {"base_url": emu.url, "project": "SCR", **settings}
+    """A connector for project SCR, or with ``item_kind="idea"`` for Ship product SLC (unless
+    ``settings`` say otherwise), on ``emu``."""
+    scope = {"product": "SLC"} if settings.get("item_kind") == "idea" else {"project": "SCR"}
+    settings = {"base_url": emu.url, **scope, **settings}
     secrets = {**DEMO_SECRETS, **(secrets or {})}
     ctx = InstanceContext(name, settings, secrets.__getitem__)
     if not virtual_time:
