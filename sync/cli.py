@@ -311,6 +311,7 @@ type = "hubspot"
 type = "pingcode"
 project = "SCR"                 # the project identifier
 # work_item_type = "story"
+# item_kind = "idea"            # PingCode Ship ideas instead: then product = "..." not project
 
 [pair.acme-rd]                  # one CRM instance synced with one tracker instance
 crm = "acme"

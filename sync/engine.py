@@ -245,7 +245,9 @@ class Run:
         self._failed: set[tuple[str, str, str]] = set()
         self._last_seq = self._next_seq = 0
         self._remote_failures = 0  # service errors in a row while applying
-        self._searched: set[str] = set()  # deals known only from a search, maybe stale
+        # records known only from a search, so maybe stale by the time they are written
+        self._searched_deals: set[str] = set()
+        self._searched_reqs: set[str] = set()
         self._linked_pairs: set[tuple[str, str]] = set()
         self._req_facts: dict[str, tuple[str, str | None, str | None]] = {}
         self._snapshots: dict[str, dict[str, Any]] | None = None
@@ -270,7 +272,7 @@ class Run:
             self._stage_links()
             self._complete_reads()
             self._stage_fields(resolved)
-            if self._refresh_deals_to_write():
+            if self._refresh_before_write():
                 self._stage_fields(resolved)
             self._guard_share()
             if self.options.dry_run:
@@ -335,7 +337,7 @@ class Run:
             latest = max(latest, deal.updated_at) if latest else deal.updated_at
             if deal.id in linked or self.mapping.selects(deal.fields):
                 self._keep_deal(deal)
-                self._searched.add(deal.id)
+                self._searched_deals.add(deal.id)
             if seen % 200 == 0:
                 self._progress("deals read", seen)
         self._progress("deals read", seen)
@@ -363,6 +365,7 @@ class Run:
                 previous = self.reqs.get(req.id)
                 if previous is None or req.updated_at >= previous.updated_at:
                     self.reqs[req.id] = req
+                    self._searched_reqs.add(req.id)
             if seen % 200 == 0:
                 self._progress("requirements read", seen)
         self._progress("requirements read", seen)
@@ -580,27 +583,39 @@ class Run:
             self._plan_context(req, links)
         self._plan_link_fields(primary)
 
-    def _refresh_deals_to_write(self) -> bool:
-        """Read the deals about to be written once more, by id, and say if any had moved.
+    def _refresh_before_write(self) -> bool:
+        """Read the records about to be written once more, by id; say if any had moved.
 
         A CRM's search can lag behind its records (HubSpot's index does, reference/hubspot.md
-        §5): planning on a stale copy would overwrite a rep's newer edit with a value that then
-        looks like the base, and the edit would be lost. Reads by id are fresh, and cheap in
-        batches. If anything moved, stage two is planned again on the fresh values.
+        §5), and a long run (PingCode allows 200 calls a minute) leaves minutes between a read
+        and a write. Planning on a stale copy would overwrite a newer edit with a value that then
+        looks like the base, and the edit would be lost. Records read by id in this run are
+        fresh already. If anything moved, stage two is planned again on the fresh values.
         """
-        ids = sorted(deal_id for deal_id, write in self.plan.crm_writes.items()
-                     if write.values and deal_id in self._searched)  # reads by id are fresh
-        if not ids:
-            return False
-        fresh = self.pair.crm.fetch(ids, self.mapping.crm_properties(), with_context=False)
-        moved = [deal_id for deal_id in ids if deal_id in fresh
-                 and fresh[deal_id].fields != self.deals[deal_id].fields]
+        deal_ids = sorted(deal_id for deal_id, write in self.plan.crm_writes.items()
+                          if write.values and deal_id in self._searched_deals)
+        req_ids = sorted(req_id for req_id, write in self.plan.tracker_writes.items()
+                         if not write.change.is_empty() and req_id in self._searched_reqs)
+        moved = 0
+        if deal_ids:
+            fresh = self.pair.crm.fetch(deal_ids, self.mapping.crm_properties(),
+                                        with_context=False)
+            for deal_id, deal in fresh.items():
+                if deal.fields != self.deals[deal_id].fields:
+                    # the context read earlier stays; only the values move
+                    self.deals[deal_id].fields = deal.fields
+                    self.deals[deal_id].updated_at = deal.updated_at
+                    moved += 1
+        if req_ids:
+            for req_id, req in self.pair.tracker.fetch(req_ids).items():
+                old = self.reqs[req_id]
+                if (req.fields, req.description, req.title) != (old.fields, old.description,
+                                                                 old.title):
+                    self.reqs[req_id] = req
+                    moved += 1
         if not moved:
             return False
-        log.info("%d deals changed since they were read; planning again", len(moved))
-        for deal_id in moved:  # the context read earlier stays; only the values move
-            self.deals[deal_id].fields = fresh[deal_id].fields
-            self.deals[deal_id].updated_at = fresh[deal_id].updated_at
+        log.info("%d records changed since they were read; planning again", moved)
         self.plan.tracker_writes.clear()
         self.plan.crm_writes.clear()
         self.plan.agreed.clear()

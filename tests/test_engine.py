@@ -380,3 +380,22 @@ def test_a_stale_search_result_never_overwrites_a_newer_deal_edit(h, monkeypatch
     assert h.item_for("d1")["priority"] == "Highest"
     (conflict,) = h.store.conflicts("p")
     assert conflict["crm_values"] == ["highest"] and conflict["tracker_value"] == "Low"
+
+
+def test_a_pm_edit_landing_after_the_read_is_not_overwritten(h, monkeypatch):
+    h.deal("d1", "Feature", amount="100")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.edit_deal("d1", amount="5000")  # the context block will need a rewrite
+    real_iter = h.tracker.iter_changed
+
+    def then_pm_edits(since, until):
+        yield from real_iter(since, until)
+        # after dealsync read it, the PM adds a line above the block
+        h.world.edit_item(item["id"], description="PM note\n" + item["description"])
+
+    h.world.edit_item(item["id"], priority="High")  # so the search returns the item
+    monkeypatch.setattr(h.tracker, "iter_changed", then_pm_edits)
+    h.sync()
+    description = h.item_for("d1")["description"]
+    assert description.startswith("PM note\n") and "5,000" in description
