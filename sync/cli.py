@@ -397,7 +397,7 @@ def status(state: Context, as_json: bool) -> None:
         doc.append({
             "pair": name, "last_run": last[0] if last else None,
             "links": len(links), "orphaned_links": [l.__dict__ for l in links if l.orphaned],
-            "failures": len(store.failures(name)),
+            "failures": store.failures(name),
             "open_conflicts": len(store.conflicts(name, status="open")),
             "cursors": {side: (c.isoformat() if (c := store.cursor(name, side)) else None)
                         for side in ("crm", "tracker")}})
@@ -406,14 +406,21 @@ def status(state: Context, as_json: bool) -> None:
         return
     for entry in doc:
         last = entry["last_run"]
-        click.echo(f"{entry['pair']}: {entry['links']} links, {entry['failures']} queued failures, "
-                   f"{entry['open_conflicts']} open conflicts")
+        click.echo(f"{entry['pair']}: {entry['links']} links, {len(entry['failures'])} queued "
+                   f"failures, {entry['open_conflicts']} open conflicts")
         if last:
             counts = last["summary"]["counts"]
             click.echo(f"  last run {last['finished_at']} {last['status']}: "
                        + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         else:
             click.echo("  never run: try `dealsync sync --dry-run`")
+        for failure in entry["failures"][:10]:
+            when = failure["next_retry_at"] or "on `dealsync retry`"
+            click.echo(f"  failed {failure['kind']} deal {failure['deal_id'] or '-'} requirement "
+                       f"{failure['req_id'] or '-'} ({failure['attempts']}x, next {when}): "
+                       f"{failure['error']}")
+        if len(entry["failures"]) > 10:
+            click.echo(f"  ... and {len(entry['failures']) - 10} more (dealsync status --json)")
         for orphan in entry["orphaned_links"]:
             click.echo(f"  orphaned: deal {orphan['deal_id']} <-> {orphan['req_key']}: "
                        f"{orphan['orphaned']}")

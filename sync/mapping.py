@@ -75,10 +75,6 @@ class FieldMap:
     def reads_crm(self) -> bool:
         return self.direction in ("both", "to_tracker", "on_create")
 
-    @property
-    def writes_crm(self) -> bool:
-        return self.direction in ("both", "to_crm")
-
 
 @dataclass(frozen=True)
 class Mapping:

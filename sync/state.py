@@ -177,9 +177,6 @@ class StateStore:
         rows = self.db.execute("SELECT * FROM links WHERE pair=? ORDER BY seq", (pair,))
         return [Link(**dict(row)) for row in rows]
 
-    def link_count(self, pair: str) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM links WHERE pair=?", (pair,)).fetchone()[0]
-
     def add_link(self, pair: str, deal_id: str, req_id: str, req_key: str, req_url: str | None,
                  req_title: str | None, origin: str) -> None:
         seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM links").fetchone()[0]
@@ -270,15 +267,13 @@ class StateStore:
                 (pair, kind, deal_id, req_id, error, int(retryable), attempts, retry_at,
                  ts(now), ts(now)))
 
-    def failures(self, pair: str | None = None, *, due_only: bool = False,
-                 include_resolved: bool = False) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM failures WHERE 1=1"
+    def failures(self, pair: str | None = None, *, due_only: bool = False) -> list[dict[str, Any]]:
+        """Queued items not yet resolved; ``due_only``: those whose retry time has come."""
+        sql = "SELECT * FROM failures WHERE resolved_at IS NULL"
         args: list[Any] = []
         if pair:
             sql += " AND pair=?"
             args.append(pair)
-        if not include_resolved:
-            sql += " AND resolved_at IS NULL"
         if due_only:
             sql += " AND next_retry_at IS NOT NULL AND next_retry_at <= ?"
             args.append(ts(now_utc()))

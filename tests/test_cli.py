@@ -147,7 +147,10 @@ def test_failed_item_exits_7_and_retry_finishes(workdir):
     assert doc["pairs"][0]["counts"]["failures"] == 1
     assert "has no CRM value" in doc["pairs"][0]["errors"][0]
     status = json.loads(invoke(workdir, "status", "--json").stdout)
-    assert status[0]["failures"] == 1
+    assert len(status[0]["failures"]) == 1
+    text = invoke(workdir, "status").output
+    assert "1 queued failures" in text and "failed field deal - requirement item" in text
+    assert "has no CRM value" in text
 
 
 def test_help_documents_exit_codes():
