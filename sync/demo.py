@@ -303,7 +303,7 @@ def run_demo(folder: Path | None, keep_running: bool, echo: Callable[[str], None
             echo(format_report(rows))
         finally:
             store.close()
-        echo(f"\nDone in {time.monotonic() - started:.0f}s. Everything is in {folder}.")
+        echo(f"\nDone in {time.monotonic() - started:.1f}s. Everything is in {folder}.")
         if keep_running:
             echo(f"The emulators keep running. In another shell:\n  cd {folder} && source "
                  f"demo.env\n  dealsync -c dealsync.toml sync\n  dealsync -c dealsync.toml status"
