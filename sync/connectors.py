@@ -256,6 +256,17 @@ class CRMConnector(Connector):
         CRMs without notes leave this unimplemented, and ``dealsync check`` says so."""
         raise NotImplementedError(f"{self.type_name} CRM has no notes")
 
+    def add_notes(self, notes: list[tuple[str, str]]) -> list[WriteResult]:
+        """Add ``(deal_id, text)`` notes, one result each. CRMs with a batch endpoint override
+        this; the default adds them one by one."""
+        results = []
+        for deal_id, text in notes:
+            try:
+                results.append(WriteResult(deal_id, record=self.add_note(deal_id, text)))
+            except ItemError as exc:
+                results.append(WriteResult(deal_id, error=exc))
+        return results
+
     def field_options(self, field_name: str) -> list[str] | None:
         """The allowed values of an enumerated deal field, or None if it is free text."""
         return None

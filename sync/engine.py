@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import logging
 import time
 from collections import defaultdict
@@ -248,6 +249,10 @@ class Run:
         # records known only from a search, so maybe stale by the time they are written
         self._searched_deals: set[str] = set()
         self._searched_reqs: set[str] = set()
+        # records a queued failure, a resolved conflict or a new link make this run look at
+        self._forced_deals: set[str] = set()
+        self._forced_reqs: set[str] = set()
+        self._touched: set[str] = set()  # requirements this run merges
         self._linked_pairs: set[tuple[str, str]] = set()
         self._req_facts: dict[str, tuple[str, str | None, str | None]] = {}
         self._snapshots: dict[str, dict[str, Any]] | None = None
@@ -342,8 +347,8 @@ class Run:
                 self._progress("deals read", seen)
         self._progress("deals read", seen)
         self.counts["deals_read"] = seen
-        extra = [f["deal_id"] for f in due if f["deal_id"] and f["deal_id"] not in self.deals]
-        self._fetch_deals(extra)
+        self._forced_deals = {f["deal_id"] for f in due if f["deal_id"]}
+        self._fetch_deals(self._forced_deals - set(self.deals))
         return (min(latest, self.started) if latest else None), seen
 
     def _keep_deal(self, deal: Deal) -> None:
@@ -370,8 +375,9 @@ class Run:
                 self._progress("requirements read", seen)
         self._progress("requirements read", seen)
         self.counts["requirements_read"] = seen
-        extra = {f["req_id"] for f in due if f["req_id"]} | {c["req_id"] for c in resolved}
-        self._fetch_reqs(sorted(extra - set(self.reqs)))
+        self._forced_reqs = {f["req_id"] for f in due if f["req_id"]} | \
+            {c["req_id"] for c in resolved}
+        self._fetch_reqs(self._forced_reqs - set(self.reqs))
         return (min(latest, self.started) if latest else None), seen
 
     def _fetch_deals(self, ids: Iterable[str]) -> None:
@@ -525,6 +531,7 @@ class Run:
         self.links.append(Link(self.pair.name, deal.id, req.id, req.key, req.url, req.title,
                                origin, now_utc().isoformat(), None, self._next_seq))
         self._linked_pairs.add((deal.id, req.id))
+        self._forced_reqs.add(req.id)
         if origin == "named":
             self.counts["linked"] += 1
         if not self.options.dry_run:
@@ -533,18 +540,71 @@ class Run:
                          created=origin == "created")
 
     # -- completing the picture ---------------------------------------------------------------
-    def _touched_reqs(self) -> set[str]:
-        touched = set(self.reqs)
-        touched |= {link.req_id for link in self.links if link.deal_id in self.deals}
-        return touched
-
     def _complete_reads(self) -> None:
-        """Fetch the other side of every touched link: fresh values before any write."""
-        self._fetch_reqs(self._touched_reqs())
+        """Decide which requirements this run merges, and fetch the other side of each of
+        their links: fresh values before any write."""
+        self._touched = self._changed_requirements()
+        self._fetch_reqs(self._touched)
         live = [link for link in self.links if not link.orphaned]
-        self._fetch_deals(link.deal_id for link in live if link.req_id in self.reqs)
+        self._fetch_deals(link.deal_id for link in live if link.req_id in self._touched)
         gone = {(side, rid) for side, rid, _ in self.plan.orphans}
         self.links = [self._orphan_view(link, gone) for link in self.links]
+
+    def _changed_requirements(self) -> set[str]:
+        """Requirements with something new on either side.
+
+        The lookback window re-reads the latest records every run, and our own writes come
+        back as changes; a record that shows exactly what was last agreed (every mirrored field
+        equal to its base, the same deal context) is left alone, so a quiet run fetches and
+        writes nothing. This is echo suppression at the read, from the base, not from time.
+        """
+        primary = self._primary()
+        by_deal: dict[str, list[Link]] = defaultdict(list)
+        by_req: dict[str, list[Link]] = defaultdict(list)
+        for link in self.links:
+            by_deal[link.deal_id].append(link)
+            by_req[link.req_id].append(link)
+        changed = {req_id for req_id, req in self.reqs.items() if req_id in self._forced_reqs
+                   or not self._req_is_quiet(req, by_req[req_id], primary)}
+        for deal_id, deal in self.deals.items():
+            if deal_id in self._forced_deals or not self._deal_is_quiet(deal, by_deal[deal_id],
+                                                                        primary):
+                changed |= {link.req_id for link in by_deal[deal_id]}
+        return changed
+
+    def _deal_is_quiet(self, deal: Deal, links: list[Link], primary: dict[str, str]) -> bool:
+        live = [link for link in links if not link.orphaned]
+        if not live or deal.id not in primary:
+            return False
+        keys, title, _ = self.mapping.parse_request(deal.fields.get(self.mapping.request_field))
+        if set(keys) - {link.req_key for link in links}:
+            return False
+        req_id = primary[deal.id]
+        for fm in self.mapping.synced_fields():
+            base = self.bases.get((deal.id, req_id, fm.name))
+            if base is None or _norm(deal.fields.get(fm.crm)) != base.crm_value:
+                return False
+        wanted = self._wanted_link_fields(live, req_id)
+        if any(_norm(deal.fields.get(name)) != _norm(value) for name, value in wanted.items()):
+            return False
+        snapshot = self._snapshot(deal.id)
+        return snapshot is not None and snapshot == json.loads(json.dumps(self._context(deal)))
+
+    def _req_is_quiet(self, req: Requirement, links: list[Link], primary: dict[str, str]) -> bool:
+        mirrored = [link for link in links if not link.orphaned
+                    and primary.get(link.deal_id) == req.id]
+        for fm in self.mapping.synced_fields():
+            value = _norm(req.fields.get(fm.tracker))
+            for link in mirrored:
+                base = self.bases.get((link.deal_id, req.id, fm.name))
+                if base is None or base.tracker_value != value:
+                    return False
+        return context.extract(req.description) == self._desired_block(links)
+
+    def _snapshot(self, deal_id: str) -> dict[str, Any] | None:
+        if self._snapshots is None:
+            self._snapshots = self.store.deal_contexts(self.pair.name)
+        return self._snapshots.get(deal_id)
 
     def _orphan_view(self, link: Link, gone: set[tuple[str, str]]) -> Link:
         if link.orphaned or not ({("crm", link.deal_id), ("tracker", link.req_id)} & gone):
@@ -569,7 +629,7 @@ class Run:
         by_req: dict[str, list[Link]] = defaultdict(list)
         for link in self.links:
             by_req[link.req_id].append(link)
-        for req_id in sorted(self._touched_reqs() & set(self.reqs)):
+        for req_id in sorted(self._touched & set(self.reqs)):
             req = self.reqs[req_id]
             links = by_req.get(req_id, [])
             mirrored = [link for link in links if not link.orphaned
@@ -668,44 +728,48 @@ class Run:
             else:
                 self.plan.agreed.append((deal_id, req.id, fm.name, crm_value, tracker_value))
 
-    def _plan_context(self, req: Requirement, links: list[Link]) -> None:
-        if self._snapshots is None:
-            self._snapshots = self.store.deal_contexts(self.pair.name)
-        snapshots = self._snapshots
+    def _desired_block(self, links: list[Link]) -> str:
+        """The managed deal-context block for a requirement with these links."""
         deals = []
         for link in links:
             deal = self.deals.get(link.deal_id)
-            ctx = self._context(deal, bool(link.orphaned)) if deal else snapshots.get(link.deal_id)
+            ctx = self._context(deal) if deal else self._snapshot(link.deal_id)
             if ctx is not None:
                 deals.append({**ctx, "orphaned": bool(link.orphaned)})
         markers = [make_marker(self.pair.name, link.deal_id) for link in links
                    if link.origin == "created"]
-        block = context.render(deals, self.mapping.context_columns, markers)
+        return context.render(deals, self.mapping.context_columns, markers)
+
+    def _plan_context(self, req: Requirement, links: list[Link]) -> None:
+        block = self._desired_block(links)
         if context.extract(req.description) != block:
             write = self.plan.tracker_write(req)
             write.change.description = context.splice(req.description, block)
             write.notes.append("deal context")
 
+    def _wanted_link_fields(self, live: list[Link], primary_req: str) -> dict[str, str | None]:
+        """The requirement keys and the primary requirement's URL, as the deal should show them."""
+        wanted: dict[str, str | None] = {}
+        ordered = sorted(live, key=lambda link: link.seq)
+        if self.mapping.key_field:
+            wanted[self.mapping.key_field] = "; ".join(link.req_key for link in ordered)
+        if self.mapping.url_field:
+            first = next(link for link in ordered if link.req_id == primary_req)
+            wanted[self.mapping.url_field] = first.req_url
+        return wanted
+
     def _plan_link_fields(self, primary: dict[str, str]) -> None:
         """Write the requirement keys and the primary URL onto each touched, linked deal."""
-        key_field, url_field = self.mapping.key_field, self.mapping.url_field
-        if not key_field and not url_field:
-            return
-        by_deal: dict[str, list[Link]] = defaultdict(list)
-        for link in sorted(self.links, key=lambda link: link.seq):
+        live: dict[str, list[Link]] = defaultdict(list)
+        for link in self.links:
             if not link.orphaned:
-                by_deal[link.deal_id].append(link)
-        for deal_id, links in by_deal.items():
+                live[link.deal_id].append(link)
+        touched_deals = {link.deal_id for link in self.links if link.req_id in self._touched}
+        for deal_id in sorted(touched_deals & set(live)):
             deal = self.deals.get(deal_id)
             if deal is None:
                 continue
-            wanted: dict[str, str | None] = {}
-            if key_field:
-                wanted[key_field] = "; ".join(link.req_key for link in links)
-            if url_field:
-                first = next(link for link in links if link.req_id == primary[deal_id])
-                wanted[url_field] = first.req_url
-            for name, value in wanted.items():
+            for name, value in self._wanted_link_fields(live[deal_id], primary[deal_id]).items():
                 if _norm(deal.fields.get(name)) != _norm(value):
                     write = self.plan.crm_write(deal_id)
                     write.values[name] = value
@@ -821,6 +885,7 @@ class Run:
         if not writes:
             return
         results = self.pair.crm.update([(w.deal_id, w.values) for w in writes])
+        notes: list[tuple[str, str]] = []
         for write, result in zip(writes, results):
             if not result.ok:
                 self._fail("update_crm", write.deal_id, "", result.error)  # type: ignore[arg-type]
@@ -830,21 +895,27 @@ class Run:
                     self.store.set_base(self.pair.name, write.deal_id, req_id, fname,
                                         crm_value, tracker_value)
             self.counts["updated_crm"] += 1
-            self._add_notes(write)
+            notes += [(write.deal_id, f"dealsync: {text}") for text in write.timeline]
         self._progress("deals written", len(writes))
+        self._add_notes(notes)
 
-    def _add_notes(self, write: CrmWrite) -> None:
-        """Notes tell sales what changed; a note that fails is logged, never retried, so a
-        flaky notes endpoint cannot hold up the values themselves."""
-        for text in write.timeline:
-            try:
-                self.pair.crm.add_note(write.deal_id, f"dealsync: {text}")
-            except (ItemError, RemoteError) as exc:
-                if isinstance(exc, RateLimitExhausted):
-                    raise
-                log.warning("deal %s: note not added: %s", write.deal_id, exc)
-            else:
+    def _add_notes(self, notes: list[tuple[str, str]]) -> None:
+        """Notes tell sales what changed, after the values are written. A note that fails is
+        logged, never retried, so a flaky notes endpoint cannot hold up the values."""
+        if not notes:
+            return
+        try:
+            results = self.pair.crm.add_notes(notes)
+        except (ItemError, RemoteError) as exc:
+            if isinstance(exc, RateLimitExhausted):
+                raise
+            log.warning("%d deal notes not added: %s", len(notes), exc)
+            return
+        for result in results:
+            if result.ok:
                 self.counts["notes"] += 1
+            else:
+                log.warning("deal %s: note not added: %s", result.id, result.error)
 
     def _settle(self, due: list[dict[str, Any]], crm_cursor: datetime | None,
                 tracker_cursor: datetime | None) -> None:

@@ -331,6 +331,21 @@ def test_a_create_is_never_sent_twice_after_an_ambiguous_failure(emu, make, faul
         "&lt;b&gt;Done&lt;/b&gt;"]
 
 
+def test_notes_go_in_batches_of_100_and_an_ambiguous_batch_is_not_resent(emu, make):
+    ids = emu.seed_deals(150)
+    hs = make()
+    results = hs.add_notes([(deal_id, f"SCR-1 is now 开发中 ({n})") for n, deal_id in enumerate(ids)])
+    assert all(r.ok for r in results) and len(results) == 150
+    assert route_calls(emu, "POST /crm/v3/objects/notes/batch/create") == 2
+    assert [n["properties"]["hs_note_body"] for n in emu.notes_for(ids[149])] == [
+        "SCR-1 is now 开发中 (149)"]
+    inject(emu, [{"match": "POST /crm/v3/objects/notes/batch/create", "nth": [1],
+                  "status": 502}])
+    (result,) = hs.add_notes([(ids[0], "again")])
+    assert isinstance(result.error, AmbiguousWrite)
+    assert route_calls(emu, "POST /crm/v3/objects/notes/batch/create") == 3
+
+
 # --- 6: OAuth token expiry mid-pagination --------------------------------------------------------
 
 def test_token_expiry_mid_pagination_refreshes_once_without_duplicates(emu, make):

@@ -654,15 +654,36 @@ class HubSpotConnector(CRMConnector):
     def add_note(self, deal_id: str, text: str) -> str:
         """Write a note on a deal (§8); returns the note id. A create: never re-sent after an
         ambiguous failure (``AmbiguousWrite``)."""
-        stamp = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
-        body = self.http.json("POST", f"{self.prefix}/objects/notes", json={
-            "properties": {"hs_timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.")
-                           + f"{stamp.microsecond // 1000:03d}Z",
-                           # the note body is HTML; text from the tracker is escaped first
-                           "hs_note_body": html.escape(text)[:65_536]},
-            "associations": [{"to": {"id": str(deal_id)}, "types": [
-                {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": NOTE_TO_DEAL}]}]})
+        body = self.http.json("POST", f"{self.prefix}/objects/notes",
+                              json=self._note_input(deal_id, text))
         return str(body["id"])
+
+    def add_notes(self, notes: list[tuple[str, str]]) -> list[WriteResult]:
+        """Notes in batches of 100 (§8 ``notes/batch/create``). HubSpot creates a batch all or
+        nothing, so a refused batch fails each of its notes; an ambiguous one is not re-sent."""
+        results: list[WriteResult] = []
+        for start in range(0, len(notes), BATCH_LIMIT):
+            chunk = notes[start:start + BATCH_LIMIT]
+            try:
+                body = self.http.json("POST", f"{self.prefix}/objects/notes/batch/create",
+                                      json={"inputs": [self._note_input(d, t) for d, t in chunk]})
+            except ItemError as exc:
+                results += [WriteResult(deal_id, error=exc) for deal_id, _ in chunk]
+                continue
+            created = body.get("results") or []
+            results += [WriteResult(deal_id, record=str(created[n]["id"]) if n < len(created)
+                                    else None) for n, (deal_id, _) in enumerate(chunk)]
+        return results
+
+    def _note_input(self, deal_id: str, text: str) -> dict[str, Any]:
+        stamp = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
+        return {"properties": {"hs_timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.")
+                               + f"{stamp.microsecond // 1000:03d}Z",
+                               # the note body is HTML; text from the tracker is escaped first
+                               "hs_note_body": html.escape(text)[:65_536]},
+                "associations": [{"to": {"id": str(deal_id)}, "types": [
+                    {"associationCategory": "HUBSPOT_DEFINED",
+                     "associationTypeId": NOTE_TO_DEAL}]}]}
 
     # -- deal properties (§7) ---------------------------------------------------------------------
     def _definitions_by_name(self) -> dict[str, dict[str, Any]]:
