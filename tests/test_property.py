@@ -1,4 +1,5 @@
-"""Property-based simulation: random edits on both sides, injected write failures, many runs.
+"""Property-based simulation: random requests (new, or naming one or two existing requirements),
+edits on both sides, injected write failures and kills mid-apply, many runs.
 
 Whatever happens, once faults stop: both sides converge, a second run writes nothing, no
 requirement is created twice, and no edit vanishes silently (the newest edit of every mirrored
@@ -55,13 +56,48 @@ class SyncMachine(RuleBasedStateMachine):
     def _fm(self, name):
         return next(f for f in self.h.mapping.fields if f.name == name)
 
-    @rule(new=st.booleans())
-    def sales_adds_request(self, new):
+    @rule(new=st.booleans(), data=st.data())
+    def sales_adds_request(self, new, data):
         deal_id = f"d{next(self.counter)}"
-        keys = [i["key"] for i in self.h.world.items.values()]
-        request = f"Feature {deal_id}" if new or not keys else keys[0]
-        self.h.deal(deal_id, request)
+        keys = sorted(i["key"] for i in self.h.world.items.values())
+        lines = data.draw(st.lists(st.sampled_from(keys), max_size=2, unique=True)) if keys else []
+        if new or not lines:
+            lines.append(f"Feature {deal_id}")
+        self.h.deal(deal_id, "\n".join(lines), amount=str(data.draw(st.integers(0, 10**6))))
         self.deal_ids.append(deal_id)
+
+    @rule(data=st.data())
+    def sales_edits_context(self, data):
+        if self.deal_ids:
+            deal_id = data.draw(st.sampled_from(self.deal_ids))
+            self.h.world.edit_deal(deal_id, amount=str(data.draw(st.integers(0, 10**6))),
+                                   stage=data.draw(st.sampled_from(["open", "closedwon"])))
+
+    @rule(data=st.data())
+    def dealsync_is_killed_mid_apply(self, data):
+        """The process dies after some writes went out and before others (a real kill skips
+        every finally; here the state store still gets its run record, which is harmless)."""
+        budget = {"left": data.draw(st.integers(0, 6))}
+        after_the_call = data.draw(st.booleans())  # the write landed, the state write did not
+        real = (self.h.tracker.create, self.h.tracker.update, self.h.crm.update)
+
+        def dying(call):
+            def wrapper(*args, **kwargs):
+                if budget["left"] == 0:
+                    if after_the_call:
+                        call(*args, **kwargs)
+                    raise KeyboardInterrupt("killed")
+                budget["left"] -= 1
+                return call(*args, **kwargs)
+            return wrapper
+
+        self.h.tracker.create, self.h.tracker.update, self.h.crm.update = map(dying, real)
+        try:
+            self.h.sync()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            del self.h.tracker.create, self.h.tracker.update, self.h.crm.update
 
     @rule(data=st.data(), field=st.sampled_from(["status", "priority"]))
     def sales_edits_deal(self, data, field):
@@ -153,6 +189,6 @@ def test_simulation():
                 finally:
                     super().teardown()
 
-    Checked.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
+    Checked.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
     Checked.TestCase().runTest()
