@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract import CRMContract
+from sync.contract import CRMContract
 from plugins.hubspot.connector import HubSpotConnector
 from plugins.hubspot.emulator import PRIVATE_TOKEN
 from sync.connectors import InstanceContext

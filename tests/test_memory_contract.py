@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract import CRMContract, TrackerContract
+from sync.contract import CRMContract, TrackerContract
 from plugins.memory import MemoryCRM, MemoryTracker, World
 from sync.connectors import InstanceContext
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract import TrackerContract
+from sync.contract import TrackerContract
 from plugins.pingcode.testing import emulator_connector
 
 SETTINGS = {

@@ -1,7 +1,14 @@
 """The connector contract: what the engine relies on, checked against any connector.
 
-Like vdirsyncer's StorageTests, these are mix-in classes. A connector's test module subclasses
-one and provides fixtures (on its emulator, or with ``responses``):
+Like vdirsyncer's StorageTests, these are mix-in classes for pytest (a test-time dependency:
+nothing in dealsync imports this module at run time). A connector's test module, built-in or in
+a third-party plugin, subclasses one and provides fixtures (on an emulator, or with
+``responses``)::
+
+    from sync.contract import TrackerContract
+
+    class TestMyTracker(TrackerContract):
+        pass  # with fixtures ``tracker`` and ``missing_req_id`` in scope
 
 ``CRMContract`` needs
     ``crm``        a CRMConnector, ready to use;
