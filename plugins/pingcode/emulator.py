@@ -1324,12 +1324,16 @@ class PingCodeEmulator(Emulator):
             changes[key] = value
         return changes
 
-    def _apply(self, record: dict[str, Any], changes: dict[str, Any]) -> bool:
+    def _apply(self, record: dict[str, Any], changes: dict[str, Any],
+               transition: Callable[[dict[str, Any], str, str | None], None] | None = None
+               ) -> bool:
+        """Apply validated changes; a state change is recorded by ``transition`` (work items'
+        by default, ideas pass their own)."""
         changed = False
         for key, value in changes.items():
             if key == "state_id":
                 if value != record["state_id"]:
-                    self._transition(record, value, self._caller)
+                    (transition or self._transition)(record, value, self._caller)
                     changed = True
                 continue
             if record.get(key) != value:
@@ -1440,14 +1444,21 @@ class PingCodeEmulator(Emulator):
                 wanted = (wanted or set()) | set(plural.split(","))
             if wanted is not None:
                 rows = [r for r in rows if self._attr_matches(r, attr, wanted)]
-        for field in ("created", "updated", "start", "end"):
+        rows = self._between_and_keywords(req, rows, ("created", "updated", "start", "end"))
+        return self._list(req, self._order(rows), self._full)
+
+    def _between_and_keywords(self, req: Request, rows: list[dict[str, Any]],
+                              times: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The legacy ``*_between`` ranges and ``keywords`` (identifier or title), which work
+        item and idea lists share."""
+        for field in times:
             between = req.arg(f"{field}_between")
             if between:
                 rows = [r for r in rows if self._between(r[f"{field}_at"], between)]
         if req.arg("keywords"):
             kw = req.arg("keywords", "").lower()
             rows = [r for r in rows if kw in r["title"].lower() or kw == r["identifier"].lower()]
-        return self._list(req, self._order(rows), self._full)
+        return rows
 
     def _visible(self, include_deleted: bool, include_archived: bool) -> list[dict[str, Any]]:
         return [r for r in self.items.values()
@@ -1642,20 +1653,6 @@ class PingCodeEmulator(Emulator):
         if not ok:
             raise _error(E_INVALID, f"'{key}'必须包含from、to和granularity")
 
-    def _apply_idea(self, record: dict[str, Any], changes: dict[str, Any]) -> None:
-        changed = False
-        for key, value in changes.items():
-            if key == "state_id":
-                if value != record["state_id"]:
-                    self._idea_transition(record, value, self._caller)
-                    changed = True
-                continue
-            if record.get(key) != value:
-                record[key] = value
-                changed = True
-        if changed:
-            self._touch(record, self._caller)
-
     def h_idea_create(self, req: Request) -> Any:
         """ref §4: ``product_id`` and ``title`` (≤255) required; ``assignee_id``,
         ``description``, ``suite_id``, ``properties`` optional. "No state or priority on create":
@@ -1687,7 +1684,7 @@ class PingCodeEmulator(Emulator):
         if not isinstance(body, dict):
             raise _error(E_INVALID, "请求体格式不正确")
         changes = self._validated_idea_changes(record, body)  # raises before anything changes
-        self._apply_idea(record, changes)
+        self._apply(record, changes, self._idea_transition)
         return self._idea_full(record)
 
     def h_idea_histories(self, req: Request) -> Any:
@@ -1709,13 +1706,7 @@ class PingCodeEmulator(Emulator):
         for param, attr in IDEA_LIST_FILTERS.items():
             if req.arg(param):
                 rows = [r for r in rows if r[attr] == req.arg(param)]
-        for field in ("created", "updated"):
-            between = req.arg(f"{field}_between")
-            if between:
-                rows = [r for r in rows if self._between(r[f"{field}_at"], between)]
-        if req.arg("keywords"):
-            kw = req.arg("keywords", "").lower()
-            rows = [r for r in rows if kw in r["title"].lower() or kw == r["identifier"].lower()]
+        rows = self._between_and_keywords(req, rows, ("created", "updated"))
         return self._list(req, self._order(rows), self._idea_full)
 
     def h_idea_search(self, req: Request) -> Any:
