@@ -137,6 +137,12 @@ def progress_printer(enabled: bool) -> Callable[[str, int], None] | None:
     return show
 
 
+def end_progress(progress: Callable[[str, int], None] | None) -> None:
+    """Clear the progress line, so what follows starts on a clean line."""
+    if progress is not None:
+        click.echo("\r\033[K", err=True, nl=False)
+
+
 def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
 
@@ -162,13 +168,11 @@ def run_one(state: Context, pair_config: PairConfig, options: Options) -> dict[s
             stack.callback(pair.tracker.close)
             summary = run_pair(pair, state.store, options)
         except DealsyncError as exc:
-            if options.progress:
-                click.echo("", err=True)
+            end_progress(options.progress)
             report_error(exc, state.debug)
             return {"pair": pair_config.name, "status": "stopped", "error": exc.message,
                     "hint": exc.hint, "_exit": exc.exit_code}
-    if options.progress:
-        click.echo("", err=True)
+    end_progress(options.progress)
     summary["_exit"] = errors.EXIT_PARTIAL if summary["status"] == "partial" else errors.EXIT_OK
     return summary
 

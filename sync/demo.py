@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import click
 
+from .cli import end_progress, format_report, pipeline_report
 from .config import Config, load_config
 from .engine import Options, run_pair
 from .state import StateStore
@@ -246,6 +247,7 @@ def run_sync(config: Config, store: StateStore, progress: Callable[[str, int], N
     finally:
         pair.crm.close()
         pair.tracker.close()
+        end_progress(progress)
     counts = summary["counts"]
     echo(f"  {summary['status']} in {summary['duration_s']:.1f}s: "
          f"{counts['deals_read']} deals and {counts['requirements_read']} requirements read, "
@@ -259,8 +261,6 @@ def run_sync(config: Config, store: StateStore, progress: Callable[[str, int], N
 def run_demo(folder: Path | None, keep_running: bool, echo: Callable[[str], None],
              progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """The whole demo; returns what it did (the tests compare it with the emulators)."""
-    from .cli import format_report, pipeline_report
-
     started = time.monotonic()
     folder = folder or Path(tempfile.mkdtemp(prefix="dealsync-demo-"))
     world = start(folder)
