@@ -30,7 +30,9 @@ SIDES = ("crm", "tracker")
 PAIR_KEYS = {"crm": "the [crm.NAME] instance", "tracker": "the [tracker.NAME] instance",
              "mapping": "a shipped mapping name or a path to a mapping file",
              "max_change_share": "stop if a run would change more than this share of links (0.5)",
-             "guard_min_links": "the share guard applies from this many links on (50)"}
+             "guard_min_links": "the share guard applies from this many links on (50)",
+             "verify_deals": "linked deals re-read by id each run, in rotation (100)",
+             "verify_requirements": "linked requirements re-read by id each run (10)"}
 DEFAULT_LOOKBACK_MINUTES = 10
 
 
@@ -84,12 +86,15 @@ class PairConfig:
     mapping: Mapping
     max_change_share: float = 0.5
     guard_min_links: int = 50
+    verify_deals: int = 100
+    verify_requirements: int = 10
 
     def build(self) -> Pair:
         return Pair(self.name, self.crm.connect(), self.tracker.connect(),  # type: ignore[arg-type]
                     self.mapping, crm_lookback=self.crm.lookback,
                     tracker_lookback=self.tracker.lookback,
-                    max_change_share=self.max_change_share, guard_min_links=self.guard_min_links)
+                    max_change_share=self.max_change_share, guard_min_links=self.guard_min_links,
+                    verify_deals=self.verify_deals, verify_requirements=self.verify_requirements)
 
 
 @dataclass
@@ -240,9 +245,12 @@ def _parse_pair(config: Config, invalid: set[tuple[str, str]], name: str, spec: 
     share = spec.get("max_change_share", 0.5)
     if not isinstance(share, (int, float)) or not 0 < share <= 1:
         bad(f"{key}.max_change_share", "must be a number in (0, 1]")
-    minimum = spec.get("guard_min_links", 50)
-    if not isinstance(minimum, int) or minimum < 0:
-        bad(f"{key}.guard_min_links", "must be a whole number >= 0")
+    counts = {}
+    for setting, default in (("guard_min_links", 50), ("verify_deals", 100),
+                             ("verify_requirements", 10)):
+        counts[setting] = spec.get(setting, default)
+        if not isinstance(counts[setting], int) or counts[setting] < 0:
+            bad(f"{key}.{setting}", "must be a whole number >= 0")
     if len(ends) != 2 or mapping is None:
         return None
-    return PairConfig(name, ends["crm"], ends["tracker"], mapping, float(share), int(minimum))
+    return PairConfig(name, ends["crm"], ends["tracker"], mapping, float(share), **counts)

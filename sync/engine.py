@@ -56,6 +56,12 @@ class Pair:
     tracker_lookback: timedelta = timedelta(minutes=10)
     max_change_share: float = 0.5
     guard_min_links: int = 50
+    # Linked records re-read by id each run, in rotation, whether they changed or not: the
+    # only way to notice a deleted record or a change that does not touch its modified time
+    # (a company renamed in the CRM). One HubSpot batch read covers 100 deals; PingCode
+    # answers one item per call.
+    verify_deals: int = 100
+    verify_requirements: int = 10
 
 
 @dataclass
@@ -274,6 +280,7 @@ class Run:
             crm_cursor, deal_count = self._read_deals(due)
             tracker_cursor, req_count = self._read_requirements(due, resolved)
             self._safety_probe(deal_count, req_count)
+            positions = self._verify_slice()
             self._stage_links()
             self._complete_reads()
             self._stage_fields(resolved)
@@ -284,7 +291,7 @@ class Run:
                 status = "dry-run"
             else:
                 self._apply()
-                self._settle(due, crm_cursor, tracker_cursor)
+                self._settle(due, crm_cursor, tracker_cursor, positions)
                 status = "partial" if self.counts["failures"] else "ok"
         except DealsyncError as exc:
             status = "stopped"
@@ -420,6 +427,25 @@ class Run:
                     "check the instance's settings (base URL, project, credentials); if the "
                     "records were really deleted, run again with --force to orphan their links")
 
+    def _verify_slice(self) -> dict[str, int]:
+        """Re-read the next few linked deals and requirements by id (see ``Pair.verify_*``);
+        a record gone from its system orphans its links, a changed one is merged as usual.
+        Returns the rotation positions to store once the run succeeds."""
+        live = sorted((link for link in self.links if not link.orphaned), key=lambda l: l.seq)
+        positions = {}
+        for side, count, key in (("crm", self.pair.verify_deals, "deal_id"),
+                                 ("tracker", self.pair.verify_requirements, "req_id")):
+            ids = list(dict.fromkeys(getattr(link, key) for link in live))
+            if not ids or not count:
+                continue
+            start = self.store.position(self.pair.name, f"verify:{side}") % len(ids)
+            chosen = (ids[start:] + ids[:start])[:count]
+            positions[f"verify:{side}"] = (start + len(chosen)) % len(ids)
+            # Read with their context: a renamed company changes no modified time, and shows
+            # as a context that differs from the last one written into the requirement.
+            (self._fetch_deals if side == "crm" else self._fetch_reqs)(chosen)
+        return positions
+
     # -- stage one: links and creates ---------------------------------------------------------
     def _stage_links(self) -> None:
         by_deal: dict[str, list[Link]] = defaultdict(list)
@@ -543,10 +569,14 @@ class Run:
     def _complete_reads(self) -> None:
         """Decide which requirements this run merges, and fetch the other side of each of
         their links: fresh values before any write."""
+        self._mark_orphans()  # those found so far, so their requirements get merged
         self._touched = self._changed_requirements()
         self._fetch_reqs(self._touched)
         live = [link for link in self.links if not link.orphaned]
         self._fetch_deals(link.deal_id for link in live if link.req_id in self._touched)
+        self._mark_orphans()
+
+    def _mark_orphans(self) -> None:
         gone = {(side, rid) for side, rid, _ in self.plan.orphans}
         self.links = [self._orphan_view(link, gone) for link in self.links]
 
@@ -566,6 +596,7 @@ class Run:
             by_req[link.req_id].append(link)
         changed = {req_id for req_id, req in self.reqs.items() if req_id in self._forced_reqs
                    or not self._req_is_quiet(req, by_req[req_id], primary)}
+        changed |= {link.req_id for link in self.links if link.orphaned == "gone"}
         for deal_id, deal in self.deals.items():
             if deal_id in self._forced_deals or not self._deal_is_quiet(deal, by_deal[deal_id],
                                                                         primary):
@@ -918,11 +949,13 @@ class Run:
                 log.warning("deal %s: note not added: %s", result.id, result.error)
 
     def _settle(self, due: list[dict[str, Any]], crm_cursor: datetime | None,
-                tracker_cursor: datetime | None) -> None:
+                tracker_cursor: datetime | None, positions: dict[str, int]) -> None:
         """Close the queued items that went through, then advance the cursors."""
         done = [f["id"] for f in due if (f["kind"], f["deal_id"], f["req_id"]) not in self._failed]
         with self.store.transaction():
             self.store.resolve_failures(done)
+            for name, value in positions.items():
+                self.store.set_position(self.pair.name, name, value)
             if crm_cursor:
                 self.store.set_cursor(self.pair.name, "crm", crm_cursor)
             if tracker_cursor:

@@ -243,6 +243,16 @@ class StateStore:
         self.db.execute("INSERT INTO cursors VALUES (?,?,?) ON CONFLICT DO UPDATE SET"
                         " value=excluded.value", (pair, side, ts(value)))
 
+    def position(self, pair: str, name: str) -> int:
+        """A rotating position (how far the links have been verified), 0 if none yet."""
+        row = self.db.execute("SELECT value FROM cursors WHERE pair=? AND side=?",
+                              (pair, name)).fetchone()
+        return int(row["value"]) if row else 0
+
+    def set_position(self, pair: str, name: str, value: int) -> None:
+        self.db.execute("INSERT INTO cursors VALUES (?,?,?) ON CONFLICT DO UPDATE SET"
+                        " value=excluded.value", (pair, name, str(value)))
+
     # -- failure queue ------------------------------------------------------------------------
     def record_failure(self, pair: str, kind: str, deal_id: str, req_id: str, error: str,
                        retryable: bool) -> None:

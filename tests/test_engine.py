@@ -399,3 +399,49 @@ def test_a_pm_edit_landing_after_the_read_is_not_overwritten(h, monkeypatch):
     h.sync()
     description = h.item_for("d1")["description"]
     assert description.startswith("PM note\n") and "5,000" in description
+
+
+def test_rotation_finds_a_deleted_deal_and_a_renamed_company(h):
+    h.deal("d1", "Feature", company="Acme")
+    h.sync()
+    key = h.item_for("d1")["key"]
+    h.deal("d2", key, company="Globex")
+    h.sync()
+    item_id = h.item_for("d1")["id"]
+    # Neither change touches a modified time, so only the rotating re-read can see them.
+    del h.world.deals["d2"]
+    h.world.deals["d1"]["company"] = "Acme Holdings"
+    summary = h.sync()
+    assert summary["counts"]["orphaned"] == 1
+    (orphan,) = [l for l in h.store.links("p") if l.orphaned]
+    assert orphan.deal_id == "d2" and "no longer exists" in orphan.orphaned
+    block = extract(h.world.items[item_id]["description"])
+    assert "Deal d2</a> (gone from the CRM)" in block and "Acme Holdings" in block
+    assert len(h.world.items) == 1  # never deleted, never recreated
+    quiet = h.sync()
+    assert quiet["counts"]["updated_tracker"] == quiet["counts"]["orphaned"] == 0
+
+
+def test_rotation_covers_every_link_over_successive_runs(h):
+    for n in range(5):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.sync()
+    for deal in h.world.deals.values():  # long unchanged: no search returns them any more
+        deal["updated_at"] = "2001-01-01T00:00:00+00:00"
+    h.world.add_deal("unrelated", request="", pipeline="sales")  # the CRM is not silent
+    pair = h.pair()
+    pair.verify_deals = 2
+    seen = []
+    real_fetch = h.crm.fetch
+
+    def spy(ids, properties, with_context=True):
+        seen.extend(ids)
+        return real_fetch(ids, properties, with_context)
+
+    h.crm.fetch = spy
+    from sync.engine import Options, run_pair
+    for _ in range(3):
+        before = len(seen)
+        run_pair(pair, h.store, Options())
+        assert len(seen) - before == 2
+    assert set(seen) == {f"d{n}" for n in range(5)}
