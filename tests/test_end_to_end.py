@@ -162,3 +162,20 @@ def test_conflict_under_each_policy(tmp_path, monkeypatch, policy):
         assert quiet["counts"]["updated_crm"] == quiet["counts"]["updated_tracker"] == 0
     finally:
         stack.stop()
+
+
+def test_archived_deal_is_flagged_and_company_rename_reaches_the_requirement(stack):
+    kept = stack.deal("Acme EU", "SCR-1", amount="80000")
+    archived = stack.deal("Acme APAC", "SCR-1", amount="20000")
+    stack.sync()
+    stack.hubspot.archive([archived])
+    stack.hubspot.mutate_company(stack.company, {"name": "Acme Group"})
+    summary = stack.sync()
+    assert summary["counts"]["orphaned"] == 1
+    block = stack.item("SCR-1")["description"]
+    assert "Acme APAC</a> (gone from the CRM)" in block
+    assert "Acme EU</a></td><td>Acme Group</td>" in block  # re-read: the new name
+    assert "Acme APAC</a> (gone from the CRM)</td><td>Acme &lt;Holdings&gt;" in block  # last known
+    assert "Open pipeline: <strong>80,000</strong> across 1 open deal" in block
+    assert "orphaned: deal " + archived in stack.cli("status")
+    assert stack.props(kept)["dealsync_requirement"] == "SCR-1"
