@@ -5,16 +5,18 @@ store. A run is (DESIGN.md, "The sync algorithm"):
 
 1. take the pair's lock;
 2. read changed deals and requirements since each cursor minus a lookback, plus the items waiting
-   in the failure queue or behind a resolved conflict;
+   in the failure queue or behind a resolved conflict, and a rotating slice of linked records
+   (the only way to see a deletion);
 3. link or create the requirement each new request asks for (stage one);
 4. merge every mirrored field three ways against the base, with the requirement as the hub of its
-   deals, and refresh the managed deal-context block (stage two);
+   deals, and refresh the managed deal-context block (stage two); records seen only in a search
+   are re-read by id before they are written, and merged again if they moved;
 5. stop if a safety guard trips, else apply: tracker writes first, then batched CRM writes, each
    confirmed write storing its new base in the same transaction;
 6. advance each cursor over what was read, never past the run's start, and record the run.
 
-Echo suppression comes from the base: a write of ours reads back equal to the base and is not
-copied again.
+Echo suppression comes from the base: a write of ours reads back equal to the base, so the
+record is left alone and nothing is copied again.
 """
 
 from __future__ import annotations
@@ -409,9 +411,10 @@ class Run:
     def _safety_probe(self, deal_count: int, req_count: int) -> None:
         """'Could not fetch' never means 'gone': a side that returns nothing while links exist is
         asked for a few linked records by id; if none comes back, the run stops."""
-        if not self.links or self.options.force:
+        recent = sorted((link for link in self.links if not link.orphaned),
+                        key=lambda link: -link.seq)
+        if not recent or self.options.force:
             return
-        recent = sorted(self.links, key=lambda link: -link.seq)
         for side, count in (("crm", deal_count), ("tracker", req_count)):
             if count:
                 continue
