@@ -199,7 +199,8 @@ class Connector:
         self.ctx = ctx
         self.name = ctx.name
         self.settings = ctx.settings
-        self.calls: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()  # calls a connector counts itself (no HTTP)
+        self.clients: list[Any] = []  # its sync.http.HttpClients: counted and closed here
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> list[str]:
@@ -222,11 +223,16 @@ class Connector:
         return limits
 
     def api_calls(self) -> dict[str, int]:
-        """API calls made so far, by endpoint label."""
-        return dict(self.calls)
+        """API calls made so far, by endpoint label, over every HTTP client in ``clients``."""
+        total = Counter(self.calls)
+        for client in self.clients:
+            total.update(client.calls)
+        return dict(total)
 
     def close(self) -> None:
         """Release sessions and files; called once when the run ends."""
+        for client in self.clients:
+            client.close()
 
 
 class CRMConnector(Connector):

@@ -209,10 +209,12 @@ class HubSpotConnector(CRMConnector):
     def _client(self, auth: Auth | None, redact: Iterable[str] = (),
                 map_error: Callable[[requests.Response], DealsyncError] | None = None
                 ) -> HttpClient:
-        return HttpClient(self.name, self.base_url, auth=auth, rate_limits=self.rate_limits(),
-                          read_throttle=self.read_throttle, map_error=map_error or self.map_error,
-                          redact=redact, sleep=self._sleep, monotonic=self._monotonic,
-                          session=self._session)
+        client = HttpClient(self.name, self.base_url, auth=auth, rate_limits=self.rate_limits(),
+                            read_throttle=self.read_throttle,
+                            map_error=map_error or self.map_error, redact=redact,
+                            sleep=self._sleep, monotonic=self._monotonic, session=self._session)
+        self.clients.append(client)
+        return client
 
     def _oauth(self) -> RefreshingToken:
         client_id = self.ctx.secret("client_id")
@@ -315,19 +317,6 @@ class HubSpotConnector(CRMConnector):
             context = sub.get("context") or {}
             scopes += context.get("requiredScopes") or context.get("requiredGranularScopes") or []
         return list(dict.fromkeys(str(s) for s in scopes))
-
-    def api_calls(self) -> dict[str, int]:
-        calls: dict[str, int] = {}
-        for client in (self._http, self._oauth_http):
-            if client is not None:
-                for label, count in client.calls.items():
-                    calls[label] = calls.get(label, 0) + count
-        return calls
-
-    def close(self) -> None:
-        for client in (self._http, self._oauth_http):
-            if client is not None:
-                client.close()
 
     # -- reading deals ----------------------------------------------------------------------------
     def iter_changed(self, since: datetime | None, until: datetime,

@@ -208,6 +208,7 @@ class PingCodeConnector(TrackerConnector):
             self.name, base_url, auth=RefreshingToken(self._fetch_token, early_s=0, clock=clock),
             rate_limits=self.rate_limits(), map_error=map_error,
             sleep=sleep, monotonic=monotonic, session=session)
+        self.clients += [self._token_http, self.http]
         self.kind = self._item_kind()
         self._workflow: Workflow | None = None
 
@@ -289,12 +290,6 @@ class PingCodeConnector(TrackerConnector):
         it may be retried after a 5xx or a dropped connection, unlike a create."""
         return self.http.json("PATCH", f"{self.kind.api}{self.kind.items}/{req_id}", json=body,
                               idempotent=True)
-
-    def api_calls(self) -> dict[str, int]:
-        return dict(self.http.calls + self._token_http.calls)
-
-    def close(self) -> None:
-        self.http.close()
 
     # -- names to ids -----------------------------------------------------------------------------
     def workflow(self) -> Workflow:
