@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -161,17 +160,14 @@ def run_pairs(state: Context, pair: str | None, options: Options) -> tuple[list[
 
 
 def run_one(state: Context, pair_config: PairConfig, options: Options) -> dict[str, Any]:
-    with ExitStack() as stack:
-        try:
-            pair = pair_config.build()
-            stack.callback(pair.crm.close)
-            stack.callback(pair.tracker.close)
+    try:
+        with pair_config.connected() as pair:
             summary = run_pair(pair, state.store, options)
-        except DealsyncError as exc:
-            end_progress(options.progress)
-            report_error(exc, state.debug)
-            return {"pair": pair_config.name, "status": "stopped", "error": exc.message,
-                    "hint": exc.hint, "_exit": exc.exit_code}
+    except DealsyncError as exc:
+        end_progress(options.progress)
+        report_error(exc, state.debug)
+        return {"pair": pair_config.name, "status": "stopped", "error": exc.message,
+                "hint": exc.hint, "_exit": exc.exit_code}
     end_progress(options.progress)
     summary["_exit"] = errors.EXIT_PARTIAL if summary["status"] == "partial" else errors.EXIT_OK
     return summary
@@ -352,10 +348,7 @@ def check(state: Context, pair: str | None, fix: bool) -> None:
     """
     problems: list[str] = []
     for pair_config in state.config.select(pair):
-        with ExitStack() as stack:
-            built = pair_config.build()
-            stack.callback(built.crm.close)
-            stack.callback(built.tracker.close)
+        with pair_config.connected() as built:
             problems += check_pair(pair_config, built, fix)
     if problems:
         raise ConfigError(problems, "edit the mapping's value tables, or run `dealsync check "
@@ -366,11 +359,7 @@ def check(state: Context, pair: str | None, fix: bool) -> None:
 def check_pair(pair_config: PairConfig, built: Any, fix: bool) -> list[str]:
     mapping = pair_config.mapping
     tracker_values = {f.tracker: built.tracker.field_values(f.tracker) for f in mapping.fields}
-    wanted: dict[str, list[str] | None] = {
-        f.crm: sorted(set(f.values.values())) if f.values else None for f in mapping.fields}
-    for name in (mapping.key_field, mapping.url_field, mapping.request_field):
-        if name:
-            wanted.setdefault(name, None)
+    wanted = mapping.crm_schema()
     missing = built.crm.missing_fields(wanted)
     if missing and fix:
         created = built.crm.ensure_fields({name: wanted[name] for name in missing})

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -88,6 +89,16 @@ class PairConfig:
     guard_min_links: int = 50
     verify_deals: int = 100
     verify_requirements: int = 10
+
+    @contextmanager
+    def connected(self) -> Iterator[Pair]:
+        """The pair with both connectors built, closed again when the block ends."""
+        pair = self.build()
+        try:
+            yield pair
+        finally:
+            pair.crm.close()
+            pair.tracker.close()
 
     def build(self) -> Pair:
         return Pair(self.name, self.crm.connect(), self.tracker.connect(),  # type: ignore[arg-type]

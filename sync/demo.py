@@ -21,9 +21,10 @@ from typing import Any, Callable
 
 import click
 
-from .cli import end_progress, format_report, pipeline_report
+from .cli import check_pair, end_progress, format_report, pipeline_report
 from .config import Config, load_config
 from .engine import Options, run_pair
+from .errors import ConfigError
 from .state import StateStore
 
 CRM_NAME = "demo-hubspot"
@@ -135,17 +136,10 @@ mapping = "hubspot-pingcode"
 def seed_crm(world: DemoWorld, config: Config) -> None:
     """Create dealsync's deal properties the way `dealsync check --fix` does, then the deals."""
     pair_config = config.pairs[PAIR_NAME]
-    crm = pair_config.crm.connect()
-    try:
-        mapping = pair_config.mapping
-        wanted: dict[str, list[str] | None] = {
-            f.crm: sorted(set(f.values.values())) if f.values else None for f in mapping.fields}
-        for name in (mapping.request_field, mapping.key_field, mapping.url_field):
-            if name:
-                wanted[name] = None
-        crm.ensure_fields({name: wanted[name] for name in crm.missing_fields(wanted)})
-    finally:
-        crm.close()
+    with pair_config.connected() as pair:
+        problems = check_pair(pair_config, pair, fix=True)
+    if problems:
+        raise ConfigError(problems)
     made = world.hubspot.seed(
         companies=[{"name": name, "domain": domain} for name, domain in COMPANIES],
         owners=[{"email": e, "firstName": f, "lastName": l} for e, f, l in OWNERS],
@@ -241,12 +235,10 @@ def what_moved(day_start: dict[str, Any], day_end: dict[str, Any],
 
 def run_sync(config: Config, store: StateStore, progress: Callable[[str, int], None] | None,
              echo: Callable[[str], None]) -> dict[str, Any]:
-    pair = config.pairs[PAIR_NAME].build()
     try:
-        summary = run_pair(pair, store, Options(progress=progress))
+        with config.pairs[PAIR_NAME].connected() as pair:
+            summary = run_pair(pair, store, Options(progress=progress))
     finally:
-        pair.crm.close()
-        pair.tracker.close()
         end_progress(progress)
     counts = summary["counts"]
     echo(f"  {summary['status']} in {summary['duration_s']:.1f}s: "

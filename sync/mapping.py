@@ -95,6 +95,16 @@ class Mapping:
         names += [n for n in (self.key_field, self.url_field) if n]
         return list(dict.fromkeys(names))
 
+    def crm_schema(self) -> dict[str, list[str] | None]:
+        """The deal properties dealsync reads or writes: name -> the options an enumeration
+        needs (from the value table), or None for text (``dealsync check --fix`` creates them)."""
+        schema: dict[str, list[str] | None] = {
+            f.crm: sorted(set(f.values.values())) if f.values else None for f in self.fields}
+        for name in (self.request_field, self.key_field, self.url_field):
+            if name:
+                schema.setdefault(name, None)
+        return schema
+
     def synced_fields(self) -> tuple[FieldMap, ...]:
         return tuple(f for f in self.fields if f.direction != "on_create")
 
