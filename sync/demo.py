@@ -25,13 +25,12 @@ from .cli import check_pair, end_progress, format_report, pipeline_report
 from .config import Config, load_config
 from .engine import Options, run_pair
 from .errors import ConfigError
+from .secrets import env_var
 from .state import StateStore
 
 CRM_NAME = "demo-hubspot"
 TRACKER_NAME = "demo-pingcode"
 PAIR_NAME = "demo"
-HUBSPOT_TOKEN = "demo-private-app-token"
-PINGCODE_CLIENT = ("dealsync-demo", "demo-secret")  # the PingCode emulator's default app
 
 COMPANIES = [
     ("Acme Manufacturing", "acme.example"), ("Globex Logistics", "globex.example"),
@@ -89,7 +88,6 @@ def start(folder: Path) -> DemoWorld:
 
     hubspot, pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
     hubspot_url, pingcode_url = hubspot.start(), pingcode.start()
-    hubspot.configure(private_tokens={HUBSPOT_TOKEN: None})  # None: every scope
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "dealsync.toml"
     config_path.write_text(CONFIG_TEMPLATE.format(hubspot=hubspot_url, pingcode=pingcode_url,
@@ -102,9 +100,14 @@ def start(folder: Path) -> DemoWorld:
 
 
 def secrets() -> dict[str, str]:
-    return {"DEALSYNC_DEMO_HUBSPOT_TOKEN": HUBSPOT_TOKEN,
-            "DEALSYNC_DEMO_PINGCODE_CLIENT_ID": PINGCODE_CLIENT[0],
-            "DEALSYNC_DEMO_PINGCODE_CLIENT_SECRET": PINGCODE_CLIENT[1]}
+    """The credentials both emulators accept by default, as the environment variables a job
+    without a keyring uses."""
+    from plugins.hubspot.emulator import PRIVATE_TOKEN
+    from plugins.pingcode.testing import DEMO_SECRETS
+
+    return {env_var(CRM_NAME, "token"): PRIVATE_TOKEN,
+            env_var(TRACKER_NAME, "client_id"): DEMO_SECRETS["client_id"],
+            env_var(TRACKER_NAME, "client_secret"): DEMO_SECRETS["client_secret"]}
 
 
 CONFIG_TEMPLATE = """\

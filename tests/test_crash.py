@@ -17,7 +17,7 @@ import pytest
 from plugins.hubspot.emulator import HubSpotEmulator
 from plugins.pingcode.emulator import PingCodeEmulator
 from sync.connectors import has_marker, make_marker
-from sync.demo import CONFIG_TEMPLATE, HUBSPOT_TOKEN, secrets
+from sync.demo import CONFIG_TEMPLATE, secrets
 
 ROUNDS = 6
 PER_ROUND = 8
@@ -30,7 +30,6 @@ def world(tmp_path):
     config.write_text(CONFIG_TEMPLATE.format(hubspot=hubspot.start(), pingcode=pingcode.start(),
                                              crm="demo-hubspot", tracker="demo-pingcode",
                                              pair="crash"))
-    hubspot.configure(private_tokens={HUBSPOT_TOKEN: None})
     for emulator in (hubspot, pingcode):  # ~15 ms a call, so a run lasts long enough to kill
         emulator.dispatch = slowed(emulator.dispatch)
     env = {**os.environ, **secrets(), "DEALSYNC_HOME": str(tmp_path / "home")}

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from plugins.hubspot.emulator import HubSpotEmulator
 from plugins.pingcode.emulator import PingCodeEmulator
 from sync.cli import cli
-from sync.demo import CONFIG_TEMPLATE, HUBSPOT_TOKEN, secrets
+from sync.demo import CONFIG_TEMPLATE, secrets
 from sync.mapping import resolve_path
 
 
@@ -29,7 +29,6 @@ class Stack:
                                       crm="demo-hubspot", tracker="demo-pingcode", pair="e2e")
         self.config.write_text(text.replace('mapping = "hubspot-pingcode"',
                                             f'mapping = "{mapping}"'))
-        self.hubspot.configure(private_tokens={HUBSPOT_TOKEN: None})
         self.company = self.hubspot.create_company({"name": "Acme <Holdings>"}).id
 
     def cli(self, *args: str, code: int = 0) -> str:
