@@ -128,14 +128,19 @@ class _MemoryBase:
     calls: Any
     side: str
 
+    def __init__(self, ctx: InstanceContext, world: World | None = None):
+        """``world`` hands the connector its data directly (tests); otherwise it comes from the
+        ``path`` file or the named in-process ``world``."""
+        super().__init__(ctx)  # type: ignore[call-arg]  # the connector base class, by MRO
+        path = ctx.settings.get("path") if world is None else None
+        self._path = Path(path) if path else None
+        self.world = world if world is not None else self._open_world()
+
     def _open_world(self) -> World:
-        path = self.ctx.settings.get("path")
-        if path:
-            self._path: Path | None = Path(path)
+        if self._path is not None:
             if self._path.exists():
                 return World.from_json(json.loads(self._path.read_text(encoding="utf-8")))
             return World()
-        self._path = None
         return shared_world(self.ctx.settings.get("world", self.ctx.name))
 
     def _save(self) -> None:
@@ -161,9 +166,6 @@ class _MemoryBase:
         if record_id in self.world.failing_ids:
             raise ItemError(f"memory {self.side}: write to {record_id} refused (injected)")
 
-    world: World
-    _path: Path | None
-
 
 def _in_window(updated_at: str, since: datetime | None, until: datetime) -> bool:
     when = datetime.fromisoformat(updated_at)
@@ -174,12 +176,6 @@ class MemoryCRM(_MemoryBase, CRMConnector):
     type_name = "memory"
     summary = "in-memory CRM for tests and simulation (optionally persisted to a JSON file)"
     batch_size = 100
-
-    def __init__(self, ctx: InstanceContext, world: World | None = None):
-        super().__init__(ctx)
-        self.world = world if world is not None else self._open_world()
-        if world is not None:
-            self._path = None
 
     def _deal(self, raw: dict[str, Any], properties: list[str]) -> Deal:
         return Deal(id=raw["id"], updated_at=datetime.fromisoformat(raw["updated_at"]),
@@ -244,12 +240,6 @@ class MemoryCRM(_MemoryBase, CRMConnector):
 class MemoryTracker(_MemoryBase, TrackerConnector):
     type_name = "memory"
     summary = "in-memory tracker with a workflow and fixed priorities"
-
-    def __init__(self, ctx: InstanceContext, world: World | None = None):
-        super().__init__(ctx)
-        self.world = world if world is not None else self._open_world()
-        if world is not None:
-            self._path = None
 
     def _req(self, raw: dict[str, Any]) -> Requirement:
         return Requirement(id=raw["id"], key=raw["key"], title=raw["title"],

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import responses
 
 from plugins.hubspot.emulator import HubSpotEmulator
 from plugins.memory import MemoryCRM, MemoryTracker, World
@@ -81,3 +82,11 @@ def hubspot_server():
 def pingcode_server():
     """One PingCode emulator (virtual clock) per test module; tests reset it as they need."""
     yield from _serve(PingCodeEmulator())
+
+
+@pytest.fixture
+def rsps():
+    """HTTP replies with `responses`. Replies left unused are allowed: tests register ones
+    that must *not* be reached (a write that is never re-sent)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock

@@ -58,12 +58,6 @@ def error(code, message="错误", status=400):
     return {"status": status, "json": {"code": code, "message": message}}
 
 
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 def add_token(rsps, expires_in=NOW + 30 * 86400, token="tok-1"):
     rsps.get(BASE + "/v1/auth/token", json={"access_token": token, "token_type": "Bearer",
                                             "expires_in": expires_in})

@@ -68,12 +68,6 @@ def error(code, message="错误", status=400):
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def ready(rsps):
     rsps.get(BASE + "/v1/auth/token", json={"access_token": "tok", "token_type": "Bearer",
                                             "expires_in": NOW + 30 * 86400})
