@@ -254,33 +254,31 @@ class PingCodeConnector(TrackerConnector):
         return self.http.json("GET", self.kind.api + path, params=params or None)
 
     def _all(self, path: str, **params: Any) -> list[dict[str, Any]]:
-        """Every row of a GET list, page by page (ref §6)."""
-        rows: list[dict[str, Any]] = []
-        page_index = 0
-        while True:
-            page = self._get(path, **params, page_index=page_index, page_size=PAGE_SIZE)
-            values = values_of(page)
-            rows += values
-            total = page.get("total", 0) if isinstance(page, dict) else len(values)
-            if isinstance(page, list) or len(values) < PAGE_SIZE or len(rows) >= total:
-                return rows
-            page_index += 1
+        """Every row of a GET list (ref §6)."""
+        return list(self._pages(lambda index: self._get(path, **params, page_index=index,
+                                                        page_size=PAGE_SIZE)))
 
     def _search(self, filters: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """``POST …/search`` page by page (ref §3.5; Ship ideas take the same DSL, ref §4).
         Search only reads, so it may be retried after a 5xx."""
-        page_index = 0
+        return self._pages(lambda index: self.http.json(
+            "POST", f"{self.kind.api}{self.kind.items}/search", idempotent=True,
+            json={"mode": "query", "payload": {"filter": filters, "page_size": PAGE_SIZE,
+                                                "page_index": index}}))
+
+    @staticmethod
+    def _pages(page: Callable[[int], Any]) -> Iterator[dict[str, Any]]:
+        """The rows of a paged list (ref §6): ``page_index`` from 0, PAGE_SIZE rows a page, until
+        a short page or ``total``. Some configuration endpoints answer a bare list: one page."""
+        index = 0
         while True:
-            body = {"mode": "query", "payload": {"filter": filters, "page_size": PAGE_SIZE,
-                                                 "page_index": page_index}}
-            page = self.http.json("POST", f"{self.kind.api}{self.kind.items}/search", json=body,
-                                  idempotent=True)
-            values = values_of(page)
+            body = page(index)
+            values = values_of(body)
             yield from values
-            total = page.get("total", 0) if isinstance(page, dict) else 0
-            if len(values) < PAGE_SIZE or (page_index + 1) * PAGE_SIZE >= total:
+            if isinstance(body, list) or len(values) < PAGE_SIZE or \
+                    (index + 1) * PAGE_SIZE >= (body.get("total") or 0):
                 return
-            page_index += 1
+            index += 1
 
     def _get_item(self, req_id: str) -> dict[str, Any]:
         return self._get(f"{self.kind.items}/{req_id}")
