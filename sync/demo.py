@@ -82,7 +82,7 @@ class DemoWorld:
 
 
 def start(folder: Path) -> DemoWorld:
-    """Start both emulators, seed them, and write the configuration into ``folder``."""
+    """Start both emulators and write the configuration and its secrets into ``folder``."""
     from plugins.hubspot.emulator import HubSpotEmulator
     from plugins.pingcode.emulator import PingCodeEmulator
 
