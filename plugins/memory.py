@@ -23,6 +23,7 @@ from sync.errors import ItemError, RemoteError, TransitionError
 from sync.hookspecs import hookimpl
 
 PAGE_SIZE = 50
+KEY_PREFIX = "MEM"  # keys are MEM-1, MEM-2, ...
 
 DEFAULT_STATES = ["Open", "Planned", "In progress", "Done", "Not now", "Won't do"]
 DEFAULT_FLOWS = [("Open", "Planned"), ("Planned", "In progress"), ("In progress", "Done"),
@@ -83,10 +84,11 @@ class World:
     def add_item(self, title: str, description: str = "", status: str | None = None,
                  priority: str | None = None, **props: str | None) -> dict[str, Any]:
         item_id = f"item{self.next_item}"
-        item = {"id": item_id, "key": f"MEM-{self.next_item}", "title": title,
+        item = {"id": item_id, "key": f"{KEY_PREFIX}-{self.next_item}", "title": title,
                 "description": description, "status": status or self.states[0],
                 "priority": priority or self.priorities[2], "delivery": None,
                 "props": dict(props), "deleted": False, "updated_at": self.clock.now().isoformat()}
+        item["created_at"] = item["updated_at"]
         self.next_item += 1
         self.items[item_id] = item
         return item
@@ -167,6 +169,10 @@ class _MemoryBase:
             raise ItemError(f"memory {self.side}: write to {record_id} refused (injected)")
 
 
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
 def _in_window(updated_at: str, since: datetime | None, until: datetime) -> bool:
     when = datetime.fromisoformat(updated_at)
     return (since is None or when >= since) and when <= until
@@ -245,6 +251,7 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
         return Requirement(id=raw["id"], key=raw["key"], title=raw["title"],
                            description=raw["description"], url=f"memory://items/{raw['key']}",
                            updated_at=datetime.fromisoformat(raw["updated_at"]),
+                           created_at=_time(raw.get("created_at")),
                            fields={"status": raw["status"], "priority": raw["priority"],
                                    "delivery": raw["delivery"], **raw["props"]})
 
@@ -265,15 +272,32 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
                 found[item_id] = self._req(raw)
         return found
 
+    def key_prefix(self) -> str | None:
+        return KEY_PREFIX
+
     def find_by_key(self, key: str) -> Requirement | None:
-        self._call("find item by key")
-        return next((self._req(i) for i in self._live() if i["key"] == key), None)
+        return self.find_by_keys([key]).get(key)
+
+    def find_by_keys(self, keys: list[str]) -> dict[str, Requirement]:
+        """One call for any number of keys (a tracker with a batch look-up)."""
+        self._call("find items by key")
+        wanted = set(keys)
+        return {i["key"]: self._req(i) for i in self._live() if i["key"] in wanted}
 
     def find_by_marker(self, marker: str) -> Requirement | None:
+        return self.find_by_markers([marker], marker, 0).get(marker)
+
+    def find_by_markers(self, markers: list[str], prefix: str,
+                        marked: int) -> dict[str, Requirement]:
+        """One scan for every requirement carrying ``prefix``, matched exactly per marker."""
         self._call("search items by marker")
-        return next((self._req(i) for i in self._live()
-                     if marker in i["description"] and has_marker(i["description"], marker)),
-                    None)
+        found: dict[str, Requirement] = {}
+        for item in self._live():
+            if prefix in item["description"]:
+                for marker in markers:
+                    if marker not in found and has_marker(item["description"], marker):
+                        found[marker] = self._req(item)
+        return found
 
     def create(self, new: NewRequirement) -> Requirement:
         self._call("create item")

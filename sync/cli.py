@@ -21,11 +21,13 @@ from typing import Any, Callable
 import click
 
 from . import errors
+from .check import check_pair
 from .config import Config, PairConfig, config_path, load_config
-from .connectors import CRMConnector
 from .engine import Options, run_pair
 from .errors import ConfigError, DealsyncError, PluginError
 from .manager import call_strict, describe_plugins, notify
+from .progress import end_progress, progress_printer
+from .report import format_report, pipeline_report
 from .secrets import delete_secret, secret_source, set_secret
 from .state import StateStore
 
@@ -125,23 +127,6 @@ def cli(ctx: click.Context, config: str | None, verbose: int, debug: bool) -> No
         raise _PLUGIN_ERROR
 
 
-def progress_printer(enabled: bool) -> Callable[[str, int], None] | None:
-    """Live counters on stderr, only for a person at a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-
-    def show(what: str, count: int) -> None:
-        click.echo(f"\r  {what}: {count:,}\033[K", err=True, nl=False)
-
-    return show
-
-
-def end_progress(progress: Callable[[str, int], None] | None) -> None:
-    """Clear the progress line, so what follows starts on a clean line."""
-    if progress is not None:
-        click.echo("\r\033[K", err=True, nl=False)
-
-
 def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
 
@@ -182,7 +167,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                f"{counts['deals_read']} deals and {counts['requirements_read']} requirements read")
     parts = [f"{counts[k]} {label}" for k, label in (
         ("created", "requirements created"), ("relinked", "re-linked by marker"),
-        ("linked", "deals linked to existing requirements"),
+        ("linked", "deals linked to the requirements they name"),
+        ("joined", "deals joined to the requirement of the same request"),
         ("updated_tracker", "requirements updated"), ("updated_crm", "deals updated"),
         ("notes", "deal notes added"),
         ("conflicts", "conflicts settled by policy"), ("conflicts_queued", "conflicts waiting"),
@@ -191,7 +177,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     calls = ", ".join(f"{name} {n}" for name, n in summary["api_calls"].items())
     click.echo(f"  API calls: {calls}")
     for line in summary.get("plan", []):
-        click.echo(f"  would {line}")
+        click.echo(f"  {line}" if line.startswith(("STOP", "phase two")) else f"  would {line}")
     for error in summary.get("errors", []):
         click.echo(f"  ! {error}", err=True)
 
@@ -317,6 +303,7 @@ project = "SCR"                 # the project identifier
 crm = "acme"
 tracker = "rd"
 mapping = "hubspot-pingcode"    # a shipped mapping, or a path to your own
+# max_creates = 50              # stop a run that would create more requirements than this
 # max_change_share = 0.5        # stop if a run would change more than half the links
 """
 
@@ -349,32 +336,11 @@ def check(state: Context, pair: str | None, fix: bool) -> None:
     problems: list[str] = []
     for pair_config in state.config.select(pair):
         with pair_config.connected() as built:
-            problems += check_pair(pair_config, built, fix)
+            problems += check_pair(pair_config, built, fix, click.echo)
     if problems:
         raise ConfigError(problems, "edit the mapping's value tables, or run `dealsync check "
                           "--fix` to create missing CRM properties")
     click.echo("all pairs check out")
-
-
-def check_pair(pair_config: PairConfig, built: Any, fix: bool) -> list[str]:
-    mapping = pair_config.mapping
-    tracker_values = {f.tracker: built.tracker.field_values(f.tracker) for f in mapping.fields}
-    wanted = mapping.crm_schema()
-    missing = built.crm.missing_fields(wanted)
-    if missing and fix:
-        created = built.crm.ensure_fields({name: wanted[name] for name in missing})
-        click.echo(f"{pair_config.name}: created CRM properties {', '.join(created)}")
-        missing = [name for name in missing if name not in created]
-    problems = [f"{pair_config.name}: CRM property {name!r} does not exist (dealsync check --fix "
-                "creates it)" for name in missing]
-    if mapping.note_fields and type(built.crm).add_note is CRMConnector.add_note:
-        problems.append(f"{pair_config.name}: {mapping.source}: notes.fields: the "
-                        f"{built.crm.type_name} connector cannot write deal notes")
-    crm_options = {f.crm: built.crm.field_options(f.crm) for f in mapping.fields}
-    problems += mapping.coverage_problems(tracker_values, crm_options)
-    if not problems:
-        click.echo(f"{pair_config.name}: ok ({mapping.source})")
-    return problems
 
 
 # -- inspecting state ---------------------------------------------------------------------------
@@ -516,37 +482,6 @@ def report(state: Context, pair: str | None, fmt: str) -> None:
         click.echo(out.getvalue(), nl=False)
     else:
         click.echo(format_report(rows))
-
-
-def pipeline_report(store: StateStore, pairs: list[str]) -> list[dict[str, Any]]:
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for name in pairs:
-        contexts = store.deal_contexts(name)
-        for link in store.links(name):
-            if link.orphaned:
-                continue
-            row = rows.setdefault((name, link.req_id), {
-                "pair": name, "key": link.req_key, "title": link.req_title, "url": link.req_url,
-                "open_pipeline": 0.0, "open_deals": 0, "deals": 0, "companies": []})
-            deal = contexts.get(link.deal_id, {})
-            row["deals"] += 1
-            if deal.get("is_open"):
-                row["open_deals"] += 1
-                row["open_pipeline"] += deal.get("amount") or 0.0
-            if deal.get("company") and deal["company"] not in row["companies"]:
-                row["companies"].append(deal["company"])
-    return sorted(rows.values(), key=lambda r: (-r["open_pipeline"], r["key"]))
-
-
-def format_report(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no linked requirements yet"
-    lines = [f"{'Requirement':<10} {'Open pipeline':>14} {'Deals':>6}  {'Title':<40} Companies"]
-    for r in rows:
-        title = (r["title"] or "")[:40]
-        lines.append(f"{r['key']:<10} {r['open_pipeline']:>14,.0f} {r['open_deals']:>3}/"
-                     f"{r['deals']:<2}  {title:<40} {', '.join(r['companies'])}")
-    return "\n".join(lines)
 
 
 # -- plugins and secrets ------------------------------------------------------------------------

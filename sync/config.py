@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import click
 
 from .connectors import Connector, InstanceContext
-from .engine import Pair
+from .engine import DEFAULT_MAX_CREATES, Pair
 from .errors import ConfigError
 from .mapping import Mapping, load_mapping
 from .manager import connector_registry, installed_types
@@ -32,6 +32,7 @@ PAIR_KEYS = {"crm": "the [crm.NAME] instance", "tracker": "the [tracker.NAME] in
              "mapping": "a shipped mapping name or a path to a mapping file",
              "max_change_share": "stop if a run would change more than this share of links (0.5)",
              "guard_min_links": "the share guard applies from this many links on (50)",
+             "max_creates": "stop a run that would create more requirements than this (50)",
              "verify_deals": "linked deals re-read by id each run, in rotation (100)",
              "verify_requirements": "linked requirements re-read by id each run (10)"}
 DEFAULT_LOOKBACK_MINUTES = 10
@@ -89,6 +90,7 @@ class PairConfig:
     guard_min_links: int = 50
     verify_deals: int = 100
     verify_requirements: int = 10
+    max_creates: int = DEFAULT_MAX_CREATES
 
     @contextmanager
     def connected(self) -> Iterator[Pair]:
@@ -105,7 +107,8 @@ class PairConfig:
                     self.mapping, crm_lookback=self.crm.lookback,
                     tracker_lookback=self.tracker.lookback,
                     max_change_share=self.max_change_share, guard_min_links=self.guard_min_links,
-                    verify_deals=self.verify_deals, verify_requirements=self.verify_requirements)
+                    verify_deals=self.verify_deals, verify_requirements=self.verify_requirements,
+                    max_creates=self.max_creates)
 
 
 @dataclass
@@ -258,7 +261,7 @@ def _parse_pair(config: Config, invalid: set[tuple[str, str]], name: str, spec: 
         bad(f"{key}.max_change_share", "must be a number in (0, 1]")
     counts = {}
     for setting, default in (("guard_min_links", 50), ("verify_deals", 100),
-                             ("verify_requirements", 10)):
+                             ("verify_requirements", 10), ("max_creates", DEFAULT_MAX_CREATES)):
         counts[setting] = spec.get(setting, default)
         if not isinstance(counts[setting], int) or counts[setting] < 0:
             bad(f"{key}.{setting}", "must be a whole number >= 0")

@@ -87,9 +87,13 @@ class Requirement:
     description: str
     fields: dict[str, str | None]
     url: str | None = None
+    #: when the tracker created it; a link remembers it to notice a reused id (None: unknown)
+    created_at: datetime | None = None
 
     def __post_init__(self) -> None:
         self.updated_at = utc(self.updated_at)
+        if self.created_at is not None:
+            self.created_at = utc(self.created_at)
 
 
 @dataclass
@@ -297,13 +301,43 @@ class TrackerConnector(Connector):
         """The requirements with these ids. An id is absent only if the tracker said it is gone."""
         raise NotImplementedError
 
+    def key_prefix(self) -> str | None:
+        """The prefix of this tracker's requirement keys (the project identifier, ``SCR`` in
+        ``SCR-12``), so a request's ``ISO-9001`` is not taken for a key; None if keys have no
+        fixed prefix (the mapping's ``key_pattern`` or a generic pattern is used then)."""
+        return None
+
     def find_by_key(self, key: str) -> Requirement | None:
         """The requirement people call ``key`` (``SCR-12``), or None if there is none."""
         raise NotImplementedError
 
+    def find_by_keys(self, keys: list[str]) -> dict[str, Requirement]:
+        """The requirements these keys name; a key that names none is left out. The engine
+        calls this once per run with every distinct key; trackers with a batch look-up
+        override it, the default asks one key at a time."""
+        found = {}
+        for key in keys:
+            req = self.find_by_key(key)
+            if req is not None:
+                found[key] = req
+        return found
+
     def find_by_marker(self, marker: str) -> Requirement | None:
         """The requirement dealsync created with this marker, or None."""
         raise NotImplementedError
+
+    def find_by_markers(self, markers: list[str], prefix: str,
+                        marked: int) -> dict[str, Requirement]:
+        """The requirements carrying these markers (every marker starts with ``prefix``, and
+        about ``marked`` requirements carry one of the pair's markers). The default asks one
+        marker at a time; a tracker that can list every requirement carrying ``prefix`` in
+        fewer calls than ``len(markers)`` should do that instead."""
+        found = {}
+        for marker in markers:
+            req = self.find_by_marker(marker)
+            if req is not None:
+                found[marker] = req
+        return found
 
     def create(self, new: NewRequirement) -> Requirement:
         """Create a requirement. Raises ``ItemError`` on refusal. Never retried blindly."""

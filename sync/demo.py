@@ -21,10 +21,12 @@ from typing import Any, Callable
 
 import click
 
-from .cli import check_pair, end_progress, format_report, pipeline_report
+from .check import check_pair
 from .config import Config, load_config
 from .engine import Options, run_pair
 from .errors import ConfigError
+from .progress import end_progress
+from .report import format_report, pipeline_report
 from .secrets import env_var
 from .state import StateStore
 
@@ -140,7 +142,7 @@ def seed_crm(world: DemoWorld, config: Config) -> None:
     """Create dealsync's deal properties the way `dealsync check --fix` does, then the deals."""
     pair_config = config.pairs[PAIR_NAME]
     with pair_config.connected() as pair:
-        problems = check_pair(pair_config, pair, fix=True)
+        problems = check_pair(pair_config, pair, fix=True, echo=lambda _line: None)
     if problems:
         raise ConfigError(problems)
     made = world.hubspot.seed(

@@ -22,7 +22,6 @@ from .errors import ConfigError, ItemError
 DIRECTIONS = ("both", "to_tracker", "to_crm", "on_create")
 POLICIES = ("crm", "tracker", "newest", "ask")
 CONTEXT_COLUMNS = ("name", "company", "stage", "amount", "close_date", "owner", "request")
-DEFAULT_KEY_PATTERN = r"[A-Z][A-Z0-9]*-\d+"
 
 
 class UnmappedValue(ItemError):
@@ -80,7 +79,8 @@ class FieldMap:
 class Mapping:
     source: str
     request_field: str
-    key_pattern: re.Pattern[str]
+    #: a regular expression for requirement keys; None: ``<PROJECT>-<n>`` from the tracker
+    key_pattern: str | None = None
     where: dict[str, list[str]] = field(default_factory=dict)
     fields: tuple[FieldMap, ...] = ()
     key_field: str | None = None
@@ -113,26 +113,6 @@ class Mapping:
         if not (fields.get(self.request_field) or "").strip():
             return False
         return all((fields.get(name) or "") in allowed for name, allowed in self.where.items())
-
-    def parse_request(self, text: str | None) -> tuple[list[str], str | None, str]:
-        """Split a request into requirement keys to link, and a new requirement's title and text.
-
-        Lines that are exactly a requirement key link; of the other lines, the first non-empty one
-        is the title of a requirement to create and the rest its description.
-        """
-        keys: list[str] = []
-        rest: list[str] = []
-        for line in (text or "").splitlines():
-            stripped = line.strip()
-            if self.key_pattern.fullmatch(stripped):
-                keys.append(stripped)
-            else:
-                rest.append(line)
-        while rest and not rest[0].strip():
-            rest.pop(0)
-        if not rest:
-            return list(dict.fromkeys(keys)), None, ""
-        return list(dict.fromkeys(keys)), rest[0].strip(), "\n".join(rest[1:]).strip()
 
     def coverage_problems(self, tracker_values: dict[str, list[str] | None],
                           crm_options: dict[str, list[str] | None]) -> list[str]:
@@ -195,12 +175,13 @@ def parse_mapping(data: dict[str, Any], source: str) -> Mapping:
     if not isinstance(request_field, str) or not request_field:
         bad("request.field", "required: the deal property where sales writes the request")
         request_field = ""
-    pattern_text = request.get("key_pattern", DEFAULT_KEY_PATTERN)
-    try:
-        key_pattern = re.compile(pattern_text)
-    except (re.error, TypeError) as exc:
-        bad("request.key_pattern", f"not a valid regular expression: {exc}")
-        key_pattern = re.compile(DEFAULT_KEY_PATTERN)
+    key_pattern = request.get("key_pattern")
+    if key_pattern is not None:
+        try:
+            re.compile(key_pattern)
+        except (re.error, TypeError) as exc:
+            bad("request.key_pattern", f"not a valid regular expression: {exc}")
+            key_pattern = None
 
     where: dict[str, list[str]] = {}
     for name, allowed in _table(_table(data, "select", bad), "where", bad, "select.").items():

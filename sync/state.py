@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from .errors import ConfigError, LockHeld
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -65,6 +65,16 @@ MIGRATIONS: dict[int, str] = {
         id INTEGER PRIMARY KEY, pair TEXT NOT NULL, started_at TEXT NOT NULL,
         finished_at TEXT, status TEXT NOT NULL, summary TEXT NOT NULL);
     """,
+    # req_created: when the tracker created the linked requirement, the link's proof of
+    # identity (docs/engine.md, "Identity"). requests: the requirement created for each
+    # normalised request title, so identical requests share it across runs.
+    2: """
+    ALTER TABLE links ADD COLUMN req_created TEXT;
+    CREATE INDEX links_seq ON links (seq);
+    CREATE TABLE requests (
+        pair TEXT NOT NULL, title TEXT NOT NULL, req_id TEXT NOT NULL,
+        PRIMARY KEY (pair, title));
+    """,
 }
 
 
@@ -92,6 +102,7 @@ class Link:
     created_at: str
     orphaned: str | None
     seq: int
+    req_created: str | None = None  # ISO time the tracker created the requirement
 
 
 @dataclass(frozen=True)
@@ -178,14 +189,23 @@ class StateStore:
         return [Link(**dict(row)) for row in rows]
 
     def add_link(self, pair: str, deal_id: str, req_id: str, req_key: str, req_url: str | None,
-                 req_title: str | None, origin: str) -> None:
+                 req_title: str | None, origin: str, req_created: str | None = None) -> Link:
         seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM links").fetchone()[0]
+        created = ts(now_utc())
         self.db.execute(
             "INSERT INTO links (pair, deal_id, req_id, req_key, req_url, req_title, origin,"
-            " created_at, seq) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
-            " req_key=excluded.req_key, req_url=excluded.req_url, req_title=excluded.req_title,"
-            " orphaned=NULL",
-            (pair, deal_id, req_id, req_key, req_url, req_title, origin, ts(now_utc()), seq))
+            " created_at, seq, req_created) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE"
+            " SET req_key=excluded.req_key, req_url=excluded.req_url,"
+            " req_title=excluded.req_title, req_created=excluded.req_created, orphaned=NULL",
+            (pair, deal_id, req_id, req_key, req_url, req_title, origin, created, seq,
+             req_created))
+        return Link(pair, deal_id, req_id, req_key, req_url, req_title, origin, created, None,
+                    seq, req_created)
+
+    def set_req_created(self, pair: str, req_id: str, created: str) -> None:
+        """Record when the tracker created a requirement linked before this was known."""
+        self.db.execute("UPDATE links SET req_created=? WHERE pair=? AND req_id=?"
+                        " AND req_created IS NULL", (created, pair, req_id))
 
     def update_requirement(self, pair: str, req_id: str, req_key: str, req_url: str | None,
                            req_title: str | None) -> None:
@@ -193,11 +213,18 @@ class StateStore:
         self.db.execute("UPDATE links SET req_key=?, req_url=?, req_title=? WHERE pair=?"
                         " AND req_id=?", (req_key, req_url, req_title, pair, req_id))
 
-    def set_orphaned(self, pair: str, *, deal_id: str | None = None, req_id: str | None = None,
-                     reason: str) -> None:
-        column, value = ("deal_id", deal_id) if deal_id is not None else ("req_id", req_id)
-        self.db.execute(f"UPDATE links SET orphaned=? WHERE pair=? AND {column}=? "
-                        "AND orphaned IS NULL", (reason, pair, value))
+    def orphan_link(self, pair: str, deal_id: str, req_id: str, reason: str) -> None:
+        self.db.execute("UPDATE links SET orphaned=? WHERE pair=? AND deal_id=? AND req_id=?"
+                        " AND orphaned IS NULL", (reason, pair, deal_id, req_id))
+
+    def shared_requests(self, pair: str) -> dict[str, str]:
+        """Normalised request title -> the requirement created for it."""
+        rows = self.db.execute("SELECT title, req_id FROM requests WHERE pair=?", (pair,))
+        return {r["title"]: r["req_id"] for r in rows}
+
+    def add_shared_request(self, pair: str, title: str, req_id: str) -> None:
+        self.db.execute("INSERT INTO requests VALUES (?,?,?) ON CONFLICT DO UPDATE SET"
+                        " req_id=excluded.req_id", (pair, title, req_id))
 
     def bases(self, pair: str) -> dict[tuple[str, str, str], Base]:
         rows = self.db.execute("SELECT deal_id, req_id, field, crm_value, tracker_value FROM bases"

@@ -53,12 +53,13 @@ def test_ambiguous_reverse_is_reported():
         parse_mapping(data, "m.toml")
 
 
-def test_request_parsing_keys_title_and_body():
-    mapping = parse_mapping(GOOD, "m.toml")
-    keys, title, body = mapping.parse_request("SCR-12\n\n  Bulk export \nCSV and XLSX\nSCR-3\n")
-    assert keys == ["SCR-12", "SCR-3"]
-    assert title == "Bulk export" and body == "CSV and XLSX"
-    assert mapping.parse_request("SCR-1") == (["SCR-1"], None, "")
+def test_key_pattern_comes_from_the_tracker_unless_the_mapping_sets_one():
+    assert parse_mapping({**GOOD, "request": {"field": "req"}}, "m.toml").key_pattern is None
+    custom = parse_mapping({**GOOD, "request": {"field": "req", "key_pattern": r"R\d+"}},
+                           "m.toml")
+    assert custom.key_pattern == r"R\d+"
+    with pytest.raises(ConfigError, match="request.key_pattern: not a valid regular expression"):
+        parse_mapping({**GOOD, "request": {"field": "req", "key_pattern": "("}}, "m.toml")
 
 
 def test_coverage_problems_name_missing_states_and_options():

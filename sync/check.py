@@ -1,0 +1,37 @@
+"""``dealsync check``: a pair's mapping against its live systems.
+
+Every value table must cover the tracker's live states and priorities, every CRM value must be
+an option of its deal property, and the deal properties dealsync reads and writes must exist
+(``--fix`` creates them where the CRM allows it).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .config import PairConfig
+from .connectors import CRMConnector
+from .engine import Pair
+
+
+def check_pair(pair_config: PairConfig, built: Pair, fix: bool,
+               echo: Callable[[str], None]) -> list[str]:
+    """The problems found (each names the pair); ``echo`` reports what was fixed or is fine."""
+    mapping = pair_config.mapping
+    tracker_values = {f.tracker: built.tracker.field_values(f.tracker) for f in mapping.fields}
+    wanted = mapping.crm_schema()
+    missing = built.crm.missing_fields(wanted)
+    if missing and fix:
+        created = built.crm.ensure_fields({name: wanted[name] for name in missing})
+        echo(f"{pair_config.name}: created CRM properties {', '.join(created)}")
+        missing = [name for name in missing if name not in created]
+    problems = [f"{pair_config.name}: CRM property {name!r} does not exist (dealsync check --fix "
+                "creates it)" for name in missing]
+    if mapping.note_fields and type(built.crm).add_note is CRMConnector.add_note:
+        problems.append(f"{pair_config.name}: {mapping.source}: notes.fields: the "
+                        f"{built.crm.type_name} connector cannot write deal notes")
+    crm_options = {f.crm: built.crm.field_options(f.crm) for f in mapping.fields}
+    problems += mapping.coverage_problems(tracker_values, crm_options)
+    if not problems:
+        echo(f"{pair_config.name}: ok ({mapping.source})")
+    return problems

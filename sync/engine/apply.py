@@ -1,0 +1,292 @@
+"""Apply: run a phase's actions in steps that each stick.
+
+Every step, one action or one API batch of actions, is confirmed by the service, then stored in
+the state store in one transaction (the new base, and for a create the link), then counted,
+before the next begins. A run killed at any point keeps everything it finished, CRM writes
+included, and the next run does only the rest: what was written reads back equal to its base.
+
+A failed item goes to the failure queue with its error and a retry time, and the run goes on.
+A service error that retries did not cure is queued the same way, once; several in a row mean
+the service is down, and the run stops with its cursors unmoved.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, TypeVar
+
+from ..connectors import NewRequirement, Requirement, RequirementChange
+from ..errors import ItemError, RateLimitExhausted, RemoteError
+from ..state import Link, StateStore
+from .actions import (Action, AddNote, AgreeBase, CreateRequirement, LinkRequirement, OrphanLink,
+                      RecordConflict, ReportProblem, SettleConflict, UpdateDeal,
+                      UpdateRequirement)
+from .planners import PlanContext, created_at
+from .view import View
+
+log = logging.getLogger("dealsync.engine")
+
+T = TypeVar("T")
+REMOTE_FAILURES_TO_STOP = 3  # service errors in a row that mean the service is down
+
+
+class Applier:
+    def __init__(self, pair, store: StateStore, ctx: PlanContext, counts: dict[str, int],
+                 errors: list[str], notify: Callable[..., None],
+                 progress: Callable[[str, int], None]):
+        self.pair, self.store, self.ctx = pair, store, ctx
+        self.name = pair.name
+        self.counts, self.errors = counts, errors
+        self.notify, self.progress = notify, progress
+        self.failed: set[tuple[str, str, str]] = set()  # (kind, deal id, requirement id)
+        self._remote_failures = 0
+
+    # -- failures --------------------------------------------------------------------------------
+    def guarded(self, action: Callable[[], T], kind: str,
+                items: list[tuple[str, str]]) -> T | None:
+        """Run one step for ``items`` (deal id, requirement id) and return its result, or None
+        if it failed, with every item queued."""
+        try:
+            result = action()
+        except ItemError as exc:
+            for deal_id, req_id in items:
+                self.fail(kind, deal_id, req_id, exc)
+            return None
+        except RemoteError as exc:
+            self._remote_failures += 1
+            if isinstance(exc, RateLimitExhausted) or \
+                    self._remote_failures >= REMOTE_FAILURES_TO_STOP:
+                raise
+            for deal_id, req_id in items:
+                self.fail(kind, deal_id, req_id, ItemError(str(exc), exc.hint))
+            return None
+        self._remote_failures = 0
+        return result
+
+    def fail(self, kind: str, deal_id: str, req_id: str, exc: ItemError) -> None:
+        message = f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
+        log.warning("%s failed for deal %s / requirement %s: %s", kind, deal_id or "-",
+                    req_id or "-", message)
+        self.counts["failures"] += 1
+        self.errors.append(f"{kind} deal={deal_id or '-'} requirement={req_id or '-'}: {message}")
+        self.failed.add((kind, deal_id, req_id))
+        with self.store.transaction():
+            self.store.record_failure(self.name, kind, deal_id, req_id, message, exc.retryable)
+
+    def report(self, problem: ReportProblem) -> None:
+        kind = "link" if problem.problem == "missing_key" else "field"
+        self.fail(kind, problem.deal_id, problem.req_id,
+                  ItemError(problem.message, problem.hint, retryable=problem.retryable))
+
+    # -- phase one -------------------------------------------------------------------------------
+    def links(self, actions: list[Action], view: View) -> list[Link]:
+        """Creates and links, each stored as it is confirmed; returns the new links."""
+        made: list[Link] = []
+        for step, action in enumerate(actions, 1):
+            if isinstance(action, ReportProblem):
+                self.report(action)
+            elif isinstance(action, LinkRequirement):
+                made.append(self._link(action, view))
+            elif isinstance(action, CreateRequirement):
+                made += self._create(action, view)
+            self.progress("links made", step)
+        return made
+
+    def _link(self, action: LinkRequirement, view: View) -> Link:
+        with self.store.transaction():
+            link = self._store_link(action.deal_id, action.req_id, action.req_key,
+                                    action.req_url, action.req_title, action.origin,
+                                    action.req_created, view)
+            if action.shared_title:
+                self.store.add_shared_request(self.name, action.shared_title, action.req_id)
+                self.store.clear_intent(self.name, action.deal_id)
+        self.counts[{"named": "linked", "marker": "relinked", "same_request": "joined"}
+                    [action.via]] += 1
+        self._announce(action.deal_id, action.req_key, action.req_url, created=False)
+        return link
+
+    def _create(self, action: CreateRequirement, view: View) -> list[Link]:
+        first = action.deal_ids[0]
+        # The intent is stored before the create: after a crash the marker is looked for.
+        self.store.add_intent(self.name, first, action.marker, action.shared_title)
+        new = NewRequirement(action.title, action.description, dict(action.fields), action.marker)
+        req = self.guarded(lambda: self.pair.tracker.create(new), "create", [(first, "")])
+        if req is None:
+            return []
+        view.keep_req(req, searched=False)
+        with self.store.transaction():
+            links = [self._store_link(deal_id, req.id, req.key, req.url, req.title, "created",
+                                      created_at(req), view) for deal_id in action.deal_ids]
+            self.store.add_shared_request(self.name, action.shared_title, req.id)
+            self.store.clear_intent(self.name, first)
+        self.counts["created"] += 1
+        self.counts["joined"] += len(action.deal_ids) - 1
+        for deal_id in action.deal_ids:
+            self._announce(deal_id, req.key, req.url, created=True)
+        return links
+
+    def _store_link(self, deal_id: str, req_id: str, key: str, url: str | None,
+                    title: str | None, origin: str, req_created: str | None, view: View) -> Link:
+        link = self.store.add_link(self.name, deal_id, req_id, key, url, title, origin,
+                                   req_created)
+        deal = view.deals.get(deal_id)
+        if deal is not None:
+            self.store.set_deal_context(self.name, deal_id, self.ctx.context_of(deal))
+        return link
+
+    def _announce(self, deal_id: str, key: str, url: str | None, created: bool) -> None:
+        self.notify("link_created", pair=self.name, deal_id=deal_id, requirement_key=key,
+                    requirement_url=url, created=created)
+
+    # -- phase two -------------------------------------------------------------------------------
+    def fields(self, actions: list[Action], view: View) -> None:
+        self._bookkeeping(actions, view)
+        for action in actions:
+            if isinstance(action, RecordConflict):
+                self._conflict(action)
+            elif isinstance(action, ReportProblem):
+                self.report(action)
+        failed_reqs = self._update_requirements(
+            [a for a in actions if isinstance(a, UpdateRequirement)])
+        self._store_contexts(view, failed_reqs)
+        written = self._update_deals([a for a in actions if isinstance(a, UpdateDeal)],
+                                     failed_reqs)
+        self._add_notes([a for a in actions if isinstance(a, AddNote) and a.deal_id in written])
+        self._settle([a for a in actions if isinstance(a, SettleConflict)], view, failed_reqs)
+
+    def _bookkeeping(self, actions: list[Action], view: View) -> None:
+        """What needs no service: agreed bases, orphaned links, and the key, URL, title and
+        creation time the links show (for `links`, `report` and the identity check)."""
+        with self.store.transaction():
+            for action in actions:
+                if isinstance(action, AgreeBase):
+                    self.store.set_base(self.name, *action.row)
+                    self.counts["agreed"] += 1
+                elif isinstance(action, OrphanLink):
+                    self.store.orphan_link(self.name, action.deal_id, action.req_id,
+                                           action.reason)
+                    self.counts["orphaned"] += 1
+            for link in view.links:
+                req = view.reqs.get(link.req_id)
+                if req is not None and not view.orphan_reason(link):
+                    self._remember(link, req)
+
+    def _remember(self, link: Link, req: Requirement) -> None:
+        if (link.req_key, link.req_url, link.req_title) != (req.key, req.url, req.title):
+            self.store.update_requirement(self.name, req.id, req.key, req.url, req.title)
+        if link.req_created is None and req.created_at is not None:
+            self.store.set_req_created(self.name, req.id, created_at(req) or "")
+
+    def _conflict(self, action: RecordConflict) -> None:
+        with self.store.transaction():
+            self.store.record_conflict(self.name, action.req_id, action.req_key, action.field,
+                                       list(action.deal_ids), list(action.crm_values),
+                                       action.tracker_value, action.policy, action.outcome)
+        self.counts["conflicts_queued" if action.outcome is None else "conflicts"] += 1
+        self.notify("conflict_found", pair=self.name, conflict={
+            "requirement_id": action.req_id, "requirement_key": action.req_key,
+            "field": action.field, "deal_ids": list(action.deal_ids),
+            "crm_values": list(action.crm_values), "tracker_value": action.tracker_value,
+            "policy": action.policy, "outcome": action.outcome})
+
+    def _update_requirements(self, actions: list[UpdateRequirement]) -> set[str]:
+        """One requirement at a time, each with its bases in one transaction; the failed ids."""
+        failed: set[str] = set()
+        for step, action in enumerate(actions, 1):
+            change = RequirementChange(fields=dict(action.fields), description=action.description)
+            updated = self.guarded(lambda: self.pair.tracker.update(action.req_id, change),
+                                   "update_tracker", [("", action.req_id)])
+            if updated is None:
+                failed.add(action.req_id)
+                continue
+            with self.store.transaction():
+                for row in action.bases:
+                    self.store.set_base(self.name, *row)
+                self.store.update_requirement(self.name, updated.id, updated.key, updated.url,
+                                              updated.title)
+            self.counts["updated_tracker"] += 1
+            self.progress("requirements written", step)
+        return failed
+
+    def _store_contexts(self, view: View, failed_reqs: set[str]) -> None:
+        """Remember the deal context each requirement's block now shows. A deal whose
+        requirement could not be written keeps its old context, so the next run tries again."""
+        failed_deals = {link.deal_id for link in view.links if link.req_id in failed_reqs}
+        linked = view.linked_deal_ids()
+        with self.store.transaction():
+            for deal_id, deal in view.deals.items():
+                if deal_id in linked and deal_id not in failed_deals:
+                    context = self.ctx.context_of(deal)
+                    if view.snapshots.get(deal_id) != context:
+                        self.store.set_deal_context(self.name, deal_id, context)
+
+    def _update_deals(self, actions: list[UpdateDeal], failed_reqs: set[str]) -> set[str]:
+        """Batches of the CRM's batch size, each stored before the next; the written deal ids."""
+        ready = []
+        for action in actions:
+            if set(action.after) & failed_reqs:
+                log.info("deal %s waits: its requirement's update failed", action.deal_id)
+            else:
+                ready.append(action)
+        written: set[str] = set()
+        size = max(1, self.pair.crm.batch_size)
+        for start in range(0, len(ready), size):
+            batch = ready[start:start + size]
+            results = self.guarded(
+                lambda: self.pair.crm.update([(a.deal_id, dict(a.values)) for a in batch]),
+                "update_crm", [(a.deal_id, "") for a in batch])
+            if results is None:
+                continue
+            with self.store.transaction():
+                for action, result in zip(batch, results):
+                    if result.ok:
+                        for row in action.bases:
+                            self.store.set_base(self.name, *row)
+                        written.add(action.deal_id)
+            for action, result in zip(batch, results):
+                if not result.ok:
+                    self.fail("update_crm", action.deal_id, "", result.error)  # type: ignore[arg-type]
+            self.counts["updated_crm"] += sum(result.ok for result in results)
+            self.progress("deals written", start + len(batch))
+        return written
+
+    def _add_notes(self, actions: list[AddNote]) -> None:
+        """Notes tell sales what changed, after the values are written. A note that fails is
+        logged, never retried, so a flaky notes endpoint cannot hold up the values."""
+        if not actions:
+            return
+        try:
+            results = self.pair.crm.add_notes([(a.deal_id, a.text) for a in actions])
+        except (ItemError, RemoteError) as exc:
+            if isinstance(exc, RateLimitExhausted):
+                raise
+            log.warning("%d deal notes not added: %s", len(actions), exc)
+            return
+        for result in results:
+            if result.ok:
+                self.counts["notes"] += 1
+            else:
+                log.warning("deal %s: note not added: %s", result.id, result.error)
+
+    def _settle(self, actions: list[SettleConflict], view: View, failed_reqs: set[str]) -> None:
+        """A chosen or converged conflict is closed once its requirement's writes went through;
+        otherwise it stays, and the next run applies the choice again."""
+        failed_deals = {deal for kind, deal, _ in self.failed if kind == "update_crm"}
+        with self.store.transaction():
+            for action in actions:
+                deals = {link.deal_id for link in view.links if link.req_id == action.req_id}
+                if action.req_id not in failed_reqs and not deals & failed_deals:
+                    self.store.mark_conflict_applied(action.conflict_id)
+
+
+def preview_links(actions: list[Action], pair: str, after_seq: int) -> list[Link]:
+    """The links phase one would make, for a dry run to plan phase two on. A requirement still
+    to be created has no id yet, so its deals are left out (the dry run says so)."""
+    links = []
+    for action in actions:
+        if isinstance(action, LinkRequirement):
+            after_seq += 1
+            links.append(Link(pair, action.deal_id, action.req_id, action.req_key,
+                              action.req_url, action.req_title, action.origin, "", None,
+                              after_seq, action.req_created))
+    return links

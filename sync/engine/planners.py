@@ -1,0 +1,398 @@
+"""Pure planners: a view in, the list of actions out. No state store, no network.
+
+Phase one, :func:`plan_links`: every selected deal whose request is not yet linked either links
+the requirements its request names, or (naming none) asks for a new one; identical new requests
+share one requirement. :func:`wanted_keys` and :func:`create_groups` tell the reader what to look
+up first, so each key and marker is looked up once per run.
+
+Phase two, :func:`plan_fields`: for each requirement with something new on either side, merge
+every mirrored field over the requirement and its deals (the hub), refresh the deal-context
+block, and write the keys and URL onto the deals. :func:`touched_requirements` says which
+requirements those are; a record that shows exactly what was last agreed is left alone, which
+is echo suppression from the base.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import context
+from ..connectors import Deal, Requirement, make_marker
+from ..errors import ItemError
+from ..mapping import FieldMap, Mapping
+from ..state import Link
+from .actions import (Action, AddNote, AgreeBase, BaseRow, CreateRequirement, LinkRequirement,
+                      OrphanLink, RecordConflict, ReportProblem, SettleConflict, UpdateDeal,
+                      UpdateRequirement)
+from .grammar import KeyPattern, ParsedRequest, normalize_title, parse_request, request_text
+from .merge import Entry, Merged, merge_field
+from .view import IDENTITY_CHANGED, View, deal_context, norm
+
+log = logging.getLogger("dealsync.engine")
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What the planners need besides the view."""
+
+    pair: str
+    tracker: str  # the tracker instance's name, for messages
+    mapping: Mapping
+    pattern: KeyPattern
+
+    def parse(self, deal: Deal) -> ParsedRequest:
+        return parse_request(deal.fields.get(self.mapping.request_field), self.pattern)
+
+    def context_of(self, deal: Deal) -> dict[str, Any]:
+        return deal_context(deal, request_text(deal.fields.get(self.mapping.request_field),
+                                               self.pattern))
+
+
+def created_at(req: Requirement) -> str | None:
+    return req.created_at.isoformat() if req.created_at else None
+
+
+# -- phase one: links ---------------------------------------------------------------------------
+def _requesting(view: View, ctx: PlanContext) -> list[tuple[Deal, ParsedRequest, list[Link]]]:
+    """Selected deals in a stable order, with their parsed request and current links."""
+    by_deal = view.by_deal()
+    return [(deal, ctx.parse(deal), by_deal.get(deal.id, []))
+            for deal in sorted(view.deals.values(), key=lambda d: d.id)
+            if ctx.mapping.selects(deal.fields)]
+
+
+def _new_keys(parsed: ParsedRequest, links: list[Link]) -> list[str]:
+    linked = {link.req_key for link in links}
+    return [key for key in parsed.keys if key not in linked]
+
+
+def wanted_keys(view: View, ctx: PlanContext) -> list[str]:
+    """Every distinct key that requests name and that neither a link nor this run's reads
+    already resolve: each is looked up once, however many deals name it."""
+    keys: dict[str, None] = {}
+    for _deal, parsed, links in _requesting(view, ctx):
+        for key in _new_keys(parsed, links):
+            if view.live_key(key) is None:
+                keys[key] = None
+    return list(keys)
+
+
+def create_groups(view: View, ctx: PlanContext) -> dict[str, list[tuple[Deal, ParsedRequest]]]:
+    """Deals asking for a new requirement, grouped by normalised title (first deal first)."""
+    groups: dict[str, list[tuple[Deal, ParsedRequest]]] = defaultdict(list)
+    for deal, parsed, links in _requesting(view, ctx):
+        if parsed.creates and not any(link.origin == "created" for link in links):
+            groups[normalize_title(parsed.title or "")].append((deal, parsed))
+    return dict(groups)
+
+
+def plan_links(view: View, ctx: PlanContext) -> list[Action]:
+    """Phase one: links to existing requirements, problems, then creates."""
+    actions: list[Action] = []
+    for deal, parsed, links in _requesting(view, ctx):
+        linked_ids = {link.req_id for link in links}
+        for key in _new_keys(parsed, links):
+            req = view.live_key(key) or view.keys.get(key)
+            if req is None:
+                actions.append(ReportProblem(
+                    "missing_key", deal.id, "",
+                    f"deal {deal.id} ({deal.name}) names {key}, which does not exist in "
+                    f"{ctx.tracker!r}", "fix the key in the deal's request; it is retried on "
+                    "its own, and never turned into a new requirement", retryable=True))
+            elif req.id not in linked_ids:
+                linked_ids.add(req.id)
+                actions.append(_link(deal, req, "named"))
+    for title, members in create_groups(view, ctx).items():
+        actions += _plan_group(view, ctx, title, members)
+    return actions
+
+
+def _link(deal: Deal, req: Requirement, via: str, title: str = "") -> LinkRequirement:
+    return LinkRequirement(deal.id, deal.name, req.id, req.key, req.url, req.title,
+                           created_at(req), via, title)
+
+
+def _plan_group(view: View, ctx: PlanContext, title: str,
+                members: list[tuple[Deal, ParsedRequest]]) -> list[Action]:
+    """One requirement for deals asking the same: found by a marker (an earlier run created it
+    and then lost its state), joined (created for the same request in an earlier run), or new."""
+    deals = [deal for deal, _ in members]
+    found = next((view.markers[m] for m in (make_marker(ctx.pair, d.id) for d in deals)
+                  if m in view.markers), None)
+    if found is not None:
+        return [_link(d, found, "marker", title) for d in deals]
+    shared = view.shared_requirement(title)
+    if shared is not None:
+        return [LinkRequirement(d.id, d.name, shared.req_id, shared.req_key, shared.req_url,
+                                shared.req_title, shared.req_created, "same_request", title)
+                for d in deals]
+    first, parsed = members[0]
+    markers = [make_marker(ctx.pair, d.id) for d in deals]
+    block = context.render([ctx.context_of(d) for d in deals], ctx.mapping.context_columns,
+                           markers)
+    text = request_html(parsed.body)
+    return [CreateRequirement(tuple(d.id for d in deals), tuple(d.name for d in deals),
+                              parsed.title or "", title,
+                              f"{text}\n{block}" if text else block,
+                              tuple(sorted(initial_fields(ctx.mapping, first).items())),
+                              markers[0])]
+
+
+def initial_fields(mapping: Mapping, deal: Deal) -> dict[str, str | None]:
+    """Tracker values a new requirement starts with: what the deal already shows."""
+    values: dict[str, str | None] = {}
+    for fm in mapping.fields:
+        if fm.reads_crm and norm(deal.fields.get(fm.crm)):
+            try:
+                values[fm.tracker] = fm.to_tracker(deal.fields[fm.crm])
+            except ItemError as exc:
+                log.warning("deal %s: %s; the tracker default is kept", deal.id, exc)
+    return values
+
+
+def request_html(body: str) -> str:
+    """The request's text (after its title line) as escaped HTML paragraphs."""
+    paragraphs = [p.strip() for p in body.split("\n\n") if p.strip()]
+    return "".join("<p>" + html.escape(p).replace("\n", "<br>") + "</p>" for p in paragraphs)
+
+
+# -- phase two: which requirements ----------------------------------------------------------------
+def touched_requirements(view: View, ctx: PlanContext) -> set[str]:
+    """Requirements with something new on either side.
+
+    The lookback window re-reads the latest records every run, and our own writes come back as
+    changes; a record that shows exactly what was last agreed (every mirrored field equal to its
+    base, the same deal context) is left alone, so a quiet run writes nothing.
+    """
+    primary = view.primary()
+    by_deal, by_req = view.by_deal(), view.by_req()
+    changed = {req_id for req_id, req in view.reqs.items()
+               if req_id in view.forced_reqs
+               or not _req_is_quiet(view, ctx, req, by_req.get(req_id, []), primary)}
+    changed |= {link.req_id for link in view.links if view.orphan_reason(link)}
+    for deal_id, deal in view.deals.items():
+        if deal_id in view.forced_deals or not _deal_is_quiet(view, ctx, deal,
+                                                               by_deal.get(deal_id, []), primary):
+            changed |= {link.req_id for link in by_deal.get(deal_id, [])}
+    return changed
+
+
+def _deal_is_quiet(view: View, ctx: PlanContext, deal: Deal, links: list[Link],
+                   primary: dict[str, str]) -> bool:
+    live = [link for link in links if not link.orphaned]
+    if not live or deal.id not in primary:
+        return False
+    if _new_keys(ctx.parse(deal), links):
+        return False
+    req_id = primary[deal.id]
+    for fm in ctx.mapping.synced_fields():
+        base = view.bases.get((deal.id, req_id, fm.name))
+        if base is None or norm(deal.fields.get(fm.crm)) != base.crm_value:
+            return False
+    wanted = wanted_link_fields(ctx.mapping, live, req_id)
+    if any(norm(deal.fields.get(name)) != norm(value) for name, value in wanted.items()):
+        return False
+    return view.snapshots.get(deal.id) == ctx.context_of(deal)
+
+
+def _req_is_quiet(view: View, ctx: PlanContext, req: Requirement, links: list[Link],
+                  primary: dict[str, str]) -> bool:
+    mirrored = [link for link in links if not link.orphaned and primary.get(link.deal_id) == req.id]
+    for fm in ctx.mapping.synced_fields():
+        value = norm(req.fields.get(fm.tracker))
+        for link in mirrored:
+            base = view.bases.get((link.deal_id, req.id, fm.name))
+            if base is None or base.tracker_value != value:
+                return False
+    return context.extract(req.description) == desired_block(view, ctx, links)
+
+
+def desired_block(view: View, ctx: PlanContext, links: list[Link]) -> str:
+    """The deal-context block for a requirement with these links. A link whose requirement
+    changed identity is left out: its deal never asked for the record now under that id."""
+    deals = []
+    shown = [link for link in links if not (link.orphaned or "").startswith(IDENTITY_CHANGED)]
+    for link in shown:
+        deal = view.deals.get(link.deal_id)
+        ctx_row = ctx.context_of(deal) if deal else view.snapshots.get(link.deal_id)
+        if ctx_row is not None:
+            deals.append({**ctx_row, "orphaned": bool(link.orphaned)})
+    markers = [make_marker(ctx.pair, link.deal_id) for link in shown if link.origin == "created"]
+    return context.render(deals, ctx.mapping.context_columns, markers)
+
+
+def wanted_link_fields(mapping: Mapping, live: list[Link], primary_req: str) -> dict[str, str | None]:
+    """The requirement keys and the primary requirement's URL, as the deal should show them."""
+    wanted: dict[str, str | None] = {}
+    ordered = sorted(live, key=lambda link: link.seq)
+    if mapping.key_field:
+        wanted[mapping.key_field] = "; ".join(link.req_key for link in ordered)
+    if mapping.url_field:
+        first = next(link for link in ordered if link.req_id == primary_req)
+        wanted[mapping.url_field] = first.req_url
+    return wanted
+
+
+# -- phase two: the plan ---------------------------------------------------------------------------
+@dataclass
+class _ReqDraft:
+    req: Requirement
+    fields: dict[str, str | None] = field(default_factory=dict)
+    description: str | None = None
+    changes: list[str] = field(default_factory=list)
+    bases: list[BaseRow] = field(default_factory=list)
+
+    def action(self) -> UpdateRequirement | None:
+        if not self.fields and self.description is None:
+            return None
+        return UpdateRequirement(self.req.id, self.req.key, tuple(self.fields.items()),
+                                 self.description, tuple(self.changes), tuple(self.bases))
+
+
+@dataclass
+class _DealDraft:
+    deal_id: str
+    values: dict[str, str | None] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)
+    bases: list[BaseRow] = field(default_factory=list)
+    after: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_fields(view: View, ctx: PlanContext, touched: set[str]) -> list[Action]:
+    """Phase two for the ``touched`` requirements (see :func:`touched_requirements`)."""
+    return _FieldPlanner(view, ctx).plan(touched)
+
+
+class _FieldPlanner:
+    """Collects one run's field decisions into drafts, then freezes them into actions."""
+
+    def __init__(self, view: View, ctx: PlanContext):
+        self.view, self.ctx = view, ctx
+        self.primary = view.primary()
+        self.reqs: dict[str, _ReqDraft] = {}
+        self.deals: dict[str, _DealDraft] = {}
+        self.records: list[Action] = []  # problems, conflicts, agreed bases
+        self.settled: list[SettleConflict] = []
+        self.resolutions = {(c["req_id"], c["field"]): c for c in view.resolved}
+        self.open = {(c["req_id"], c["field"]): c for c in view.open_conflicts}
+
+    def plan(self, touched: set[str]) -> list[Action]:
+        by_req = self.view.by_req()
+        for req_id in sorted(touched & set(self.view.reqs)):
+            links = by_req.get(req_id, [])
+            if links and all((link.orphaned or "").startswith(IDENTITY_CHANGED) for link in links):
+                continue  # not the record that was linked: it gives nothing and gets nothing
+            self._requirement(self.view.reqs[req_id], links)
+        self._link_fields(touched)
+        return self._freeze()
+
+    def _freeze(self) -> list[Action]:
+        orphans: list[Action] = [
+            OrphanLink(link.deal_id, link.req_id, link.req_key, reason)
+            for link in self.view.links if (reason := self.view.orphan_reason(link))]
+        reqs = [a for a in (d.action() for d in self.reqs.values()) if a is not None]
+        deals = [UpdateDeal(d.deal_id, tuple(d.values.items()), tuple(d.changes),
+                            tuple(d.bases), tuple(sorted(d.after)))
+                 for d in self.deals.values() if d.values]
+        notes = [AddNote(d.deal_id, f"dealsync: {text}")
+                 for d in self.deals.values() if d.values for text in d.notes]
+        return [*orphans, *self.records, *reqs, *deals, *notes, *self.settled]
+
+    def _deal(self, deal_id: str) -> _DealDraft:
+        return self.deals.setdefault(deal_id, _DealDraft(deal_id))
+
+    def _req(self, req: Requirement) -> _ReqDraft:
+        return self.reqs.setdefault(req.id, _ReqDraft(req))
+
+    def _requirement(self, req: Requirement, links: list[Link]) -> None:
+        mirrored = [link for link in links if not link.orphaned
+                    and self.primary.get(link.deal_id) == req.id and link.deal_id in self.view.deals]
+        for fm in self.ctx.mapping.synced_fields():
+            entries = [Entry(self.view.deals[link.deal_id],
+                             self.view.bases.get((link.deal_id, req.id, fm.name)))
+                       for link in mirrored]
+            if entries:
+                self._merge(fm, req, entries)
+        block = desired_block(self.view, self.ctx, links)
+        if context.extract(req.description) != block:
+            draft = self._req(req)
+            draft.description = context.splice(req.description, block)
+            draft.changes.append("deal context")
+
+    def _merge(self, fm: FieldMap, req: Requirement, entries: list[Entry]) -> None:
+        resolution = self.resolutions.get((req.id, fm.name))
+        try:
+            merged = merge_field(fm, req, entries,
+                                 (True, resolution["outcome"]) if resolution else (False, None))
+        except ItemError as exc:
+            self.records.append(ReportProblem("unmapped_value", "", req.id, f"{req.key}: {exc}",
+                                              exc.hint or "", exc.retryable))
+            return
+        existing = self.open.get((req.id, fm.name))
+        if merged.conflict is not None:
+            c = merged.conflict
+            self.records.append(RecordConflict(req.id, req.key, c.field, c.deal_ids, c.crm_values,
+                                               c.tracker_value, c.policy, c.outcome,
+                                               existing["id"] if existing else None))
+            if c.outcome is None:
+                return
+        elif existing is not None:  # the sides converged meanwhile
+            self.settled.append(SettleConflict(existing["id"], req.id))
+        if resolution is not None:
+            self.settled.append(SettleConflict(resolution["id"], req.id))
+        self._write(fm, req, merged)
+
+    def _write(self, fm: FieldMap, req: Requirement, merged: Merged) -> None:
+        """Turn a merge into drafts: the requirement's new value, each deal's, their bases."""
+        if merged.write_tracker:
+            draft = self._req(req)
+            draft.fields[fm.tracker] = merged.tracker_value
+            draft.changes.append(f"{fm.tracker} {req.fields.get(fm.tracker) or '-'} -> "
+                                 f"{merged.tracker_value or '-'}")
+        for deal_id in sorted(set(merged.crm) | set(merged.bases)):
+            crm_value, tracker_base = merged.bases.get(
+                deal_id, (merged.crm.get(deal_id), merged.tracker_value))
+            row: BaseRow = (deal_id, req.id, fm.name, crm_value, tracker_base)
+            if deal_id in merged.crm:
+                self._deal_value(fm, req, merged, deal_id, row)
+            elif merged.write_tracker:
+                self._req(req).bases.append(row)
+            else:
+                self.records.append(AgreeBase(row))
+
+    def _deal_value(self, fm: FieldMap, req: Requirement, merged: Merged, deal_id: str,
+                    row: BaseRow) -> None:
+        draft = self._deal(deal_id)
+        value = merged.crm[deal_id]
+        draft.values[fm.crm] = value
+        draft.bases.append(row)
+        draft.changes.append(f"{fm.crm} {self.view.deals[deal_id].fields.get(fm.crm) or '-'} -> "
+                             f"{value or '-'}")
+        if fm.name in self.ctx.mapping.note_fields:
+            draft.notes.append(f"{req.key} {req.title}: {fm.name} is now "
+                               f"{merged.tracker_value} ({value})")
+        if merged.write_tracker:
+            draft.after.add(req.id)
+
+    def _link_fields(self, touched: set[str]) -> None:
+        """Write the requirement keys and the primary URL onto each touched, linked deal."""
+        live: dict[str, list[Link]] = defaultdict(list)
+        for link in self.view.current_links():
+            if not link.orphaned:
+                live[link.deal_id].append(link)
+        deal_ids = {link.deal_id for link in self.view.links if link.req_id in touched}
+        for deal_id in sorted(deal_ids & set(live)):
+            deal = self.view.deals.get(deal_id)
+            if deal is None:
+                continue
+            wanted = wanted_link_fields(self.ctx.mapping, live[deal_id], self.primary[deal_id])
+            for name, value in wanted.items():
+                if norm(deal.fields.get(name)) != norm(value):
+                    draft = self._deal(deal_id)
+                    draft.values[name] = value
+                    draft.changes.append(f"{name} -> {value or '-'}")

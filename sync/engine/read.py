@@ -1,0 +1,215 @@
+"""The reader: every read a run makes, into one view.
+
+It loads what the state store remembers about the pair, streams what changed on each side since
+its cursor (minus a lookback), re-reads a rotating slice of linked records by id (the only way to
+see a deletion), looks up every distinct key and marker the planners need once, fetches the
+other side of each requirement about to be merged, and re-reads by id what is about to be
+written when only a search had shown it. "Could not fetch" is never "gone": a side that returns
+nothing while links exist is probed by id, and the run stops if nothing comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Callable, Iterable
+
+from ..connectors import make_marker
+from ..errors import SafetyStop
+from ..state import StateStore
+from .actions import Action, UpdateDeal, UpdateRequirement
+from .view import View
+
+log = logging.getLogger("dealsync.engine")
+
+SAFETY_SAMPLE = 5  # linked records probed when a side returns nothing
+PROGRESS_EVERY = 200
+
+
+class Reader:
+    def __init__(self, pair, store: StateStore, started: datetime, force: bool,
+                 progress: Callable[[str, int], None]):
+        self.pair = pair
+        self.store = store
+        self.started = started
+        self.force = force
+        self.progress = progress
+        self.properties = pair.mapping.crm_properties()
+        self.counts = {"deals_read": 0, "requirements_read": 0}
+
+    # -- what the store remembers ---------------------------------------------------------------
+    def load(self, retry_all: bool) -> View:
+        name, store = self.pair.name, self.store
+        return View(pair=name, links=store.links(name), bases=store.bases(name),
+                    snapshots=store.deal_contexts(name), shared=store.shared_requests(name),
+                    due=store.failures(name, due_only=not retry_all),
+                    resolved=store.conflicts(name, status="resolved"),
+                    open_conflicts=store.conflicts(name, status="open"))
+
+    # -- what changed ---------------------------------------------------------------------------
+    def read_deals(self, view: View) -> datetime | None:
+        """Stream changed deals, keeping those that take part; return the new cursor."""
+        cursor = self.store.cursor(self.pair.name, "crm")
+        since = cursor - self.pair.crm_lookback if cursor else None
+        linked = view.linked_deal_ids()
+        seen, latest = 0, cursor
+        for deal in self.pair.crm.iter_changed(since, self.started, self.properties):
+            seen += 1
+            latest = max(latest, deal.updated_at) if latest else deal.updated_at
+            if deal.id in linked or self.pair.mapping.selects(deal.fields):
+                view.keep_deal(deal, searched=True)
+            if seen % PROGRESS_EVERY == 0:
+                self.progress("deals read", seen)
+        self.progress("deals read", seen)
+        self.counts["deals_read"] = seen
+        view.forced_deals = {f["deal_id"] for f in view.due if f["deal_id"]}
+        self.fetch_deals(view, view.forced_deals)
+        return min(latest, self.started) if latest else None
+
+    def read_requirements(self, view: View) -> datetime | None:
+        """Stream changed requirements, keeping the linked ones; return the new cursor."""
+        cursor = self.store.cursor(self.pair.name, "tracker")
+        since = cursor - self.pair.tracker_lookback if cursor else None
+        linked = view.linked_req_ids()
+        seen, latest = 0, cursor
+        for req in self.pair.tracker.iter_changed(since, self.started):
+            seen += 1
+            latest = max(latest, req.updated_at) if latest else req.updated_at
+            if req.id in linked:
+                view.keep_req(req, searched=True)
+            if seen % PROGRESS_EVERY == 0:
+                self.progress("requirements read", seen)
+        self.progress("requirements read", seen)
+        self.counts["requirements_read"] = seen
+        view.forced_reqs = ({f["req_id"] for f in view.due if f["req_id"]}
+                            | {c["req_id"] for c in view.resolved})
+        self.fetch_reqs(view, view.forced_reqs)
+        return min(latest, self.started) if latest else None
+
+    def fetch_deals(self, view: View, ids: Iterable[str], context: bool = True) -> None:
+        ids = sorted(set(ids) - set(view.deals))
+        if not ids:
+            return
+        found = self.pair.crm.fetch(ids, self.properties, with_context=context)
+        for deal in found.values():
+            view.keep_deal(deal, searched=False)
+        for missing in set(ids) - set(found):
+            view.gone[("crm", missing)] = "the CRM says this deal no longer exists"
+
+    def fetch_reqs(self, view: View, ids: Iterable[str]) -> None:
+        ids = sorted(set(ids) - set(view.reqs))
+        if not ids:
+            return
+        found = self.pair.tracker.fetch(ids)
+        for req in found.values():
+            view.keep_req(req, searched=False)
+        for missing in set(ids) - set(found):
+            view.gone[("tracker", missing)] = "the tracker says this requirement no longer exists"
+
+    # -- could not fetch is not gone --------------------------------------------------------------
+    def probe_empty_sides(self, view: View) -> None:
+        """A side that returned nothing while links exist is asked for a few linked records by
+        id; if none comes back, the run stops before planning anything."""
+        recent = sorted((link for link in view.links if not link.orphaned),
+                        key=lambda link: -link.seq)
+        if not recent or self.force:
+            return
+        for side in ("crm", "tracker"):
+            if self.counts["deals_read" if side == "crm" else "requirements_read"]:
+                continue
+            ids = list(dict.fromkeys(link.deal_id if side == "crm" else link.req_id
+                                     for link in recent))[:SAFETY_SAMPLE]
+            found = (self.pair.crm.fetch(ids, self.properties) if side == "crm"
+                     else self.pair.tracker.fetch(ids))
+            if not found:
+                instance = self.pair.crm.name if side == "crm" else self.pair.tracker.name
+                raise SafetyStop(
+                    f"{side} {instance!r} returned no changes and none of {len(ids)} linked "
+                    f"records asked for by id; nothing was written",
+                    "check the instance's settings (base URL, project, credentials); if the "
+                    "records were really deleted, run again with --force to orphan their links")
+
+    def verify_slice(self, view: View) -> dict[str, int]:
+        """Re-read the next few linked deals and requirements by id (``Pair.verify_*``): a
+        record gone from its system orphans its links, a renamed company shows as a changed
+        context. Returns the rotation positions to store once the run succeeds."""
+        live = sorted((link for link in view.links if not link.orphaned), key=lambda l: l.seq)
+        positions = {}
+        for side, count, attr in (("crm", self.pair.verify_deals, "deal_id"),
+                                  ("tracker", self.pair.verify_requirements, "req_id")):
+            ids = list(dict.fromkeys(getattr(link, attr) for link in live))
+            if not ids or not count:
+                continue
+            start = self.store.position(self.pair.name, f"verify:{side}") % len(ids)
+            chosen = (ids[start:] + ids[:start])[:count]
+            positions[f"verify:{side}"] = (start + len(chosen)) % len(ids)
+            if side == "crm":
+                self.fetch_deals(view, chosen)
+            else:
+                self.fetch_reqs(view, chosen)
+        return positions
+
+    # -- look-ups the planners need ------------------------------------------------------------
+    def resolve_keys(self, view: View, keys: list[str]) -> None:
+        """One look-up per distinct key, in one call where the tracker can batch them."""
+        keys = [key for key in keys if key not in view.keys]
+        if not keys:
+            return
+        found = self.pair.tracker.find_by_keys(keys)
+        for key in keys:
+            view.keys[key] = found.get(key)
+            if key in found:
+                view.keep_req(found[key], searched=False)
+
+    def resolve_markers(self, view: View, deal_ids: list[str]) -> None:
+        """Look for requirements an earlier run created for these deals and could not record
+        (a crash after the create, a lost or restored state store): identity survives lost
+        state. Every marker is looked for before anything is created."""
+        markers = [make_marker(self.pair.name, deal_id) for deal_id in deal_ids]
+        markers = [m for m in markers if m not in view.markers]
+        if not markers:
+            return
+        marked = len({link.req_id for link in view.links if link.origin == "created"})
+        found = self.pair.tracker.find_by_markers(markers, make_marker(self.pair.name, ""),
+                                                  marked)
+        view.markers.update({m: req for m, req in found.items() if m in markers})
+
+    # -- before merging and before writing ----------------------------------------------------------
+    def complete(self, view: View, touched: set[str]) -> None:
+        """Fetch the requirements to merge and every deal linked to them: fresh values on both
+        sides of every link before any field is planned."""
+        self.fetch_reqs(view, touched)
+        live = [link for link in view.current_links() if not link.orphaned]
+        self.fetch_deals(view, (link.deal_id for link in live if link.req_id in touched))
+
+    def refresh_before_write(self, view: View, actions: list[Action]) -> int:
+        """Read once more, by id, the records about to be written that only a search showed;
+        return how many had moved (then phase two is planned again on the fresh values).
+
+        A CRM's search can lag behind its records (HubSpot's index does, see docs/hubspot.md),
+        and a long run leaves minutes between a read and a write: planning on a stale copy
+        would overwrite a newer edit with a value that then looks like the base.
+        """
+        deal_ids = sorted({a.deal_id for a in actions if isinstance(a, UpdateDeal)}
+                          & view.searched_deals)
+        req_ids = sorted({a.req_id for a in actions if isinstance(a, UpdateRequirement)}
+                         & view.searched_reqs)
+        moved = 0
+        if deal_ids:
+            fresh = self.pair.crm.fetch(deal_ids, self.properties, with_context=False)
+            for deal_id, deal in fresh.items():
+                old = view.deals[deal_id]
+                view.searched_deals.discard(deal_id)
+                if deal.fields != old.fields:
+                    old.fields, old.updated_at = deal.fields, deal.updated_at  # context stays
+                    moved += 1
+        if req_ids:
+            for req_id, req in self.pair.tracker.fetch(req_ids).items():
+                old = view.reqs[req_id]
+                view.keep_req(req, searched=False)
+                if (req.fields, req.description, req.title) != (old.fields, old.description,
+                                                                 old.title):
+                    moved += 1
+        if moved:
+            log.info("%d records changed since they were read; planning again", moved)
+        return moved

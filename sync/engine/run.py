@@ -1,0 +1,225 @@
+"""One run of one pair: read, plan, guard and apply, in two phases.
+
+1. Take the pair's lock; read into a view (``read.py``): changed deals and requirements since
+   each cursor minus a lookback, queued failures, resolved conflicts, a rotating slice of
+   linked records; stop if a side returns nothing while links exist.
+2. Phase one, links: look up every distinct key and marker once, plan the links and creates
+   (``planners.plan_links``), plan phase two on the links that exist, and let the guards judge
+   both together (``guards.py``). Then apply phase one: each create or link sticks as it lands.
+3. Phase two, fields: plan again on the refreshed view, with the new links; re-read by id what
+   only a search showed and plan again if anything moved; judge; apply in steps that stick.
+4. Advance each cursor over what was read, never past the run's start; record the run.
+
+A dry run does every read and plans both phases, but writes nothing anywhere: phase two is
+planned on the links phase one would make, and a requirement still to be created is named as
+what the deals behind it wait for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from ..connectors import CRMConnector, TrackerConnector
+from ..errors import DealsyncError
+from ..mapping import Mapping
+from ..state import StateStore, now_utc
+from . import guards, planners
+from .actions import Action, CreateRequirement, describe_plan
+from .apply import Applier, preview_links
+from .grammar import GENERIC_KEY, KeyPattern
+from .read import Reader
+from .view import View
+
+Progress = Callable[[str, int], None]
+Notify = Callable[..., None]
+
+DEFAULT_MAX_CREATES = 50
+COUNTS = ("deals_read", "requirements_read", "created", "relinked", "linked", "joined",
+          "updated_tracker", "updated_crm", "notes", "agreed", "conflicts", "conflicts_queued",
+          "failures", "orphaned")
+
+
+@dataclass
+class Pair:
+    """One CRM instance synced with one tracker instance under one mapping."""
+
+    name: str
+    crm: CRMConnector
+    tracker: TrackerConnector
+    mapping: Mapping
+    crm_lookback: timedelta = timedelta(minutes=10)
+    tracker_lookback: timedelta = timedelta(minutes=10)
+    max_change_share: float = 0.5
+    guard_min_links: int = 50
+    max_creates: int = DEFAULT_MAX_CREATES
+    # Linked records re-read by id each run, in rotation, whether they changed or not: the
+    # only way to notice a deleted record or a change that does not touch its modified time
+    # (a company renamed in the CRM). One HubSpot batch read covers 100 deals; PingCode
+    # answers one item per call.
+    verify_deals: int = 100
+    verify_requirements: int = 10
+
+
+@dataclass
+class Options:
+    dry_run: bool = False
+    force: bool = False
+    retry_all: bool = False  # `dealsync retry`: every queued item, due or not
+    record_actions: bool = False  # put the applied actions in the summary (dry runs always do)
+    progress: Progress | None = None
+    notify: Notify | None = None  # lifecycle hooks: notify("link_created", pair=..., ...)
+
+
+def key_pattern(pair: Pair) -> KeyPattern:
+    """The mapping's ``key_pattern`` if it sets one, else ``<PROJECT>-<n>`` from the tracker."""
+    if pair.mapping.key_pattern is not None:
+        return KeyPattern(pair.mapping.key_pattern)
+    prefix = pair.tracker.key_prefix()
+    return KeyPattern.for_prefix(prefix) if prefix else KeyPattern(GENERIC_KEY)
+
+
+class Run:
+    """One run of one pair. Use ``run_pair(pair, store, options)``."""
+
+    def __init__(self, pair: Pair, store: StateStore, options: Options | None = None):
+        self.pair, self.store = pair, store
+        self.options = options or Options()
+        self.started = now_utc()
+        self.counts: dict[str, int] = defaultdict(int)
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.actions: list[Action] = []  # in the order they were (or would be) applied
+        self.waiting: list[str] = []  # dry run: what phase two cannot plan before phase one
+        self._clock = time.monotonic()
+        self._calls_before = self._api_calls()
+
+    def execute(self) -> dict[str, Any]:
+        self.store.lock(self.pair.name)
+        status = "error"
+        try:
+            status = self._run()
+        except DealsyncError as exc:
+            status = "stopped"
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            summary = self.summary(status)
+            if not self.options.dry_run or status == "dry-run":
+                self.store.record_run(self.pair.name, self.started, status, summary)
+            self.store.unlock(self.pair.name)
+            self._notify("run_finished", pair=self.pair.name, summary=summary)
+        return summary
+
+    def _run(self) -> str:
+        ctx = planners.PlanContext(self.pair.name, self.pair.tracker.name, self.pair.mapping,
+                                   key_pattern(self.pair))
+        reader = Reader(self.pair, self.store, self.started, self.options.force, self._progress)
+        view = reader.load(self.options.retry_all)
+        existing_seq = max((link.seq for link in view.links), default=0)
+        crm_cursor = reader.read_deals(view)
+        tracker_cursor = reader.read_requirements(view)
+        self.counts.update(reader.counts)
+        reader.probe_empty_sides(view)
+        positions = reader.verify_slice(view)
+
+        link_actions = self._plan_links(reader, view, ctx)
+        touched = planners.touched_requirements(view, ctx)
+        reader.complete(view, touched)
+        self._judge(link_actions + planners.plan_fields(view, ctx, touched), view, existing_seq)
+
+        applier = Applier(self.pair, self.store, ctx, self.counts, self.errors, self._notify,
+                          self._progress)
+        if self.options.dry_run:
+            view.add_links(preview_links(link_actions, self.pair.name, existing_seq))
+            self.waiting = [f"phase two waits for {a.title!r} to be created: its deals "
+                            f"({', '.join(a.deal_ids)}) get its key, status and priority then"
+                            for a in link_actions if isinstance(a, CreateRequirement)]
+        else:
+            view.add_links(applier.links(link_actions, view))
+        self.actions += link_actions
+
+        field_actions = self._plan_fields(reader, view, ctx)
+        self._judge(field_actions, view, existing_seq)
+        self.actions += field_actions
+        if self.options.dry_run:
+            return "dry-run"
+        applier.fields(field_actions, view)
+        self._settle(view, applier, crm_cursor, tracker_cursor, positions)
+        return "partial" if self.counts["failures"] else "ok"
+
+    def _plan_links(self, reader: Reader, view: View, ctx: planners.PlanContext) -> list[Action]:
+        reader.resolve_keys(view, planners.wanted_keys(view, ctx))
+        groups = planners.create_groups(view, ctx)
+        reader.resolve_markers(view, [deal.id for members in groups.values()
+                                      for deal, _ in members])
+        return planners.plan_links(view, ctx)
+
+    def _plan_fields(self, reader: Reader, view: View,
+                     ctx: planners.PlanContext) -> list[Action]:
+        touched = planners.touched_requirements(view, ctx)
+        reader.complete(view, touched)
+        actions = planners.plan_fields(view, ctx, touched)
+        if reader.refresh_before_write(view, actions):
+            actions = planners.plan_fields(view, ctx, touched)
+        return actions
+
+    def _judge(self, actions: list[Action], view: View, existing_seq: int) -> None:
+        limits = guards.Limits(self.pair.name, self.pair.tracker.name, self.pair.max_creates,
+                               self.pair.max_change_share, self.pair.guard_min_links,
+                               first_run=existing_seq == 0)
+        for warning in guards.judge(actions, view, limits, existing_seq=existing_seq,
+                                    force=self.options.force, dry_run=self.options.dry_run):
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+
+    def _settle(self, view: View, applier: Applier, crm_cursor: datetime | None,
+                tracker_cursor: datetime | None, positions: dict[str, int]) -> None:
+        """Close the queued items that went through, then advance the cursors."""
+        done = [f["id"] for f in view.due
+                if (f["kind"], f["deal_id"], f["req_id"]) not in applier.failed]
+        name = self.pair.name
+        with self.store.transaction():
+            self.store.resolve_failures(done)
+            for position, value in positions.items():
+                self.store.set_position(name, position, value)
+            if crm_cursor:
+                self.store.set_cursor(name, "crm", crm_cursor)
+            if tracker_cursor:
+                self.store.set_cursor(name, "tracker", tracker_cursor)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _api_calls(self) -> dict[str, int]:
+        return {self.pair.crm.name: sum(self.pair.crm.api_calls().values()),
+                self.pair.tracker.name: sum(self.pair.tracker.api_calls().values())}
+
+    def summary(self, status: str) -> dict[str, Any]:
+        calls = {name: total - self._calls_before.get(name, 0)
+                 for name, total in self._api_calls().items()}
+        summary = {"pair": self.pair.name, "status": status,
+                   "started_at": self.started.isoformat(),
+                   "duration_s": round(time.monotonic() - self._clock, 3),
+                   "counts": {k: self.counts.get(k, 0) for k in COUNTS}, "api_calls": calls,
+                   "errors": self.errors}
+        if self.options.dry_run:
+            summary["plan"] = (describe_plan(self.actions) + self.waiting
+                               + [f"STOP: {warning}" for warning in self.warnings])
+        if self.options.dry_run or self.options.record_actions:
+            summary["actions"] = [action.to_json() for action in self.actions]
+        return summary
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        if self.options.notify is not None:
+            self.options.notify(hook, **kwargs)
+
+    def _progress(self, what: str, count: int) -> None:
+        if self.options.progress is not None:
+            self.options.progress(what, count)
+
+
+def run_pair(pair: Pair, store: StateStore, options: Options | None = None) -> dict[str, Any]:
+    """Run one pair once and return its summary."""
+    return Run(pair, store, options).execute()

@@ -1,0 +1,156 @@
+"""The view: everything one run knows, read once, and the pure questions asked of it.
+
+The reader (``read.py``) fills a :class:`View`; the planners only look at it. It holds the
+records read in this run, what the state store remembers about the pair (links, bases, the deal
+context last written into each requirement, conflicts, queued failures), and what look-ups found
+(requirements by key and by marker). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..connectors import Deal, Requirement
+from ..state import Base, Link
+
+#: Orphan reasons that begin with this mean the record under the link is not the one linked,
+#: so it must never show the link's deal nor give it values (see ``docs/engine.md``).
+IDENTITY_CHANGED = "identity changed: "
+
+
+def norm(value: str | None) -> str | None:
+    """Empty and missing are the same value on both sides."""
+    return value if value not in ("", None) else None
+
+
+@dataclass
+class View:
+    pair: str
+    links: list[Link] = field(default_factory=list)
+    bases: dict[tuple[str, str, str], Base] = field(default_factory=dict)
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)  # deal id -> context
+    deals: dict[str, Deal] = field(default_factory=dict)
+    reqs: dict[str, Requirement] = field(default_factory=dict)
+    # records known only from a search, so maybe stale by the time they are written
+    searched_deals: set[str] = field(default_factory=set)
+    searched_reqs: set[str] = field(default_factory=set)
+    # records that a queued failure, a resolved conflict or a new link make this run look at
+    forced_deals: set[str] = field(default_factory=set)
+    forced_reqs: set[str] = field(default_factory=set)
+    gone: dict[tuple[str, str], str] = field(default_factory=dict)  # (side, id) -> why
+    keys: dict[str, Requirement | None] = field(default_factory=dict)  # looked up by key
+    markers: dict[str, Requirement] = field(default_factory=dict)  # found by marker
+    shared: dict[str, str] = field(default_factory=dict)  # normalised title -> created req id
+    due: list[dict[str, Any]] = field(default_factory=list)  # queued failures to retry
+    resolved: list[dict[str, Any]] = field(default_factory=list)  # conflicts a person settled
+    open_conflicts: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- links --------------------------------------------------------------------------------
+    def add_links(self, links: list[Link]) -> None:
+        """Links made in this run (phase one): their requirements are merged in phase two."""
+        known = {(link.deal_id, link.req_id) for link in self.links}
+        for link in links:
+            if (link.deal_id, link.req_id) not in known:
+                self.links.append(link)
+                self.forced_reqs.add(link.req_id)
+
+    def current_links(self) -> list[Link]:
+        """The links with what this run found applied: a gone record or a changed identity
+        orphans a link (in the view; ``OrphanLink`` actions make it stick)."""
+        out = []
+        for link in self.links:
+            reason = self.orphan_reason(link)
+            out.append(replace(link, orphaned=reason) if reason and not link.orphaned else link)
+        return out
+
+    def orphan_reason(self, link: Link) -> str | None:
+        """Why this run finds the link broken, or None (links already orphaned stay as they are)."""
+        if link.orphaned:
+            return None
+        req = self.reqs.get(link.req_id)
+        if req is not None and identity_changed(link, req):
+            return (f"{IDENTITY_CHANGED}{link.req_key} is now another record ({req.key} "
+                    f"{req.title!r}, created {req.created_at:%Y-%m-%d %H:%M} UTC) than the one "
+                    "this deal was linked to")
+        return self.gone.get(("crm", link.deal_id)) or self.gone.get(("tracker", link.req_id))
+
+    def by_deal(self) -> dict[str, list[Link]]:
+        out: dict[str, list[Link]] = defaultdict(list)
+        for link in self.current_links():
+            out[link.deal_id].append(link)
+        return out
+
+    def by_req(self) -> dict[str, list[Link]]:
+        out: dict[str, list[Link]] = defaultdict(list)
+        for link in self.current_links():
+            out[link.req_id].append(link)
+        return out
+
+    def primary(self) -> dict[str, str]:
+        """Each deal mirrors the fields of its first live link (its primary requirement)."""
+        primary: dict[str, str] = {}
+        for link in sorted(self.current_links(), key=lambda link: link.seq):
+            if not link.orphaned:
+                primary.setdefault(link.deal_id, link.req_id)
+        return primary
+
+    def linked_deal_ids(self) -> set[str]:
+        return {link.deal_id for link in self.links}
+
+    def linked_req_ids(self) -> set[str]:
+        return {link.req_id for link in self.links}
+
+    def shared_requirement(self, title: str) -> Link | None:
+        """A live link to the requirement created earlier for requests with this normalised
+        title, or None (never created, or every link to it is orphaned)."""
+        req_id = self.shared.get(title)
+        if req_id is None:
+            return None
+        return next((link for link in self.current_links()
+                     if link.req_id == req_id and not link.orphaned), None)
+
+    def live_key(self, key: str) -> Requirement | None:
+        """A requirement read in this run that a live link knows by ``key``: no look-up needed."""
+        for link in self.links:
+            if link.req_key == key and not link.orphaned and link.req_id in self.reqs:
+                req = self.reqs[link.req_id]
+                if req.key == key and not identity_changed(link, req):
+                    return req
+        return None
+
+    # -- deals --------------------------------------------------------------------------------
+    def keep_deal(self, deal: Deal, searched: bool) -> None:
+        previous = self.deals.get(deal.id)
+        if previous is None or deal.updated_at >= previous.updated_at:
+            self.deals[deal.id] = deal
+            if searched:
+                self.searched_deals.add(deal.id)
+
+    def keep_req(self, req: Requirement, searched: bool) -> None:
+        previous = self.reqs.get(req.id)
+        if previous is None or req.updated_at >= previous.updated_at:
+            self.reqs[req.id] = req
+            if searched:
+                self.searched_reqs.add(req.id)
+            else:
+                self.searched_reqs.discard(req.id)
+
+
+def identity_changed(link: Link, req: Requirement) -> bool:
+    """True if the record under the link's requirement id is not the one that was linked: the
+    tracker says it was created at another time (a reset tracker reusing ids, say). Trackers
+    store creation times to the second, so a difference under one second is the same record."""
+    if link.req_created is None or req.created_at is None:
+        return False
+    linked = datetime.fromisoformat(link.req_created)
+    return abs((req.created_at - linked).total_seconds()) >= 1
+
+
+def deal_context(deal: Deal, request: str | None) -> dict[str, Any]:
+    """What the requirement's block shows of a deal, JSON-safe (and as stored). ``request`` is
+    what the deal's request says to its requirements (see ``grammar.request_text``)."""
+    return json.loads(json.dumps({**deal.context(), "request": request}))
