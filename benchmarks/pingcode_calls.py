@@ -1,5 +1,5 @@
 """API calls the PingCode connector makes per 1,000 requirements, and the request rate it
-sustains against PingCode's limit of 200 requests per minute (reference/pingcode.md §7).
+sustains against PingCode's limit of 200 requests per minute (docs/pingcode.md §13).
 
 Run: ``python -m benchmarks.pingcode_calls [--items 1000]`` from the repository root.
 

@@ -115,7 +115,7 @@ class Throttle:
 
 def default_throttle(response: requests.Response) -> Throttle:
     """Honour ``Retry-After`` (seconds or an HTTP date) and PingCode's ``x-pc-retry-after``
-    (reference/pingcode.md: PingCode sends only the latter)."""
+    (PingCode sends only the latter: docs/pingcode.md §13)."""
     wait_s = None
     for header in ("x-pc-retry-after", "Retry-After"):
         wait_s = parse_retry_after(response.headers.get(header))
@@ -167,7 +167,8 @@ def describe(response: requests.Response) -> str:
 
 def body_message(response: requests.Response) -> str:
     """The service's own explanation: ``message`` (or ``code``) of a JSON body, or short plain text.
-    Salesforce answers with a list of such objects (reference/salesforce.md)."""
+    Salesforce answers with a list of such objects
+    (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm)."""
     try:
         body = response.json()
     except ValueError:

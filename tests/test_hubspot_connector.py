@@ -1,4 +1,4 @@
-"""The HubSpot connector's requests and error mapping, with ``responses`` (reference/hubspot.md)."""
+"""The HubSpot connector's requests and error mapping, with ``responses`` (docs/hubspot.md)."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_no_secret_is_read_before_the_first_call():
     HubSpotConnector(InstanceContext("acme", {}, refuse))
 
 
-# --- search (§5, §11) ----------------------------------------------------------------------------
+# --- search (docs/hubspot.md §6, §7, §13) --------------------------------------------------------
 
 def test_search_body_follows_the_recipe(rsps, make):
     rsps.post(SEARCH, json={"total": 1, "results": [deal(10, hs_priority="high")]})
@@ -200,7 +200,7 @@ def test_search_is_throttled_in_both_buckets(rsps, make, monkeypatch):
     assert used == [("search", "default")]
 
 
-# --- deal context (§3, §8) -----------------------------------------------------------------------
+# --- deal context (docs/hubspot.md §4, §10) ------------------------------------------------------
 
 def test_deal_context_from_associations_companies_pipelines_and_owners(rsps, make):
     rsps.post(SEARCH, json={"total": 3, "results": [
@@ -260,7 +260,7 @@ def test_a_missing_context_scope_degrades_only_the_context(rsps, make, caplog):
     assert "crm.objects.companies.read" in caplog.text
 
 
-# --- batch read (§6) -----------------------------------------------------------------------------
+# --- batch read (docs/hubspot.md §8) -------------------------------------------------------------
 
 def test_fetch_batches_of_100_and_leaves_out_only_not_found(rsps, make):
     ids = [str(i) for i in range(1, 151)]
@@ -290,7 +290,7 @@ def test_fetch_raises_when_an_id_is_unanswered(rsps, make):
         make().fetch(["1"], [])
 
 
-# --- batch update (§6) ---------------------------------------------------------------------------
+# --- batch update (docs/hubspot.md §8) -----------------------------------------------------------
 
 def ok_update(rsps, status=200, errors=None, results=None):
     def callback(request):
@@ -397,7 +397,7 @@ def test_a_5xx_on_a_batch_update_is_retried(rsps, make, sleeps):
     assert len(sleeps) == 1
 
 
-# --- notes (§8) ----------------------------------------------------------------------------------
+# --- notes (docs/hubspot.md §10) -----------------------------------------------------------------
 
 def test_add_note(rsps, make):
     rsps.post(f"{API}/crm/v3/objects/notes", status=201, json={"id": "77", "properties": {}})
@@ -416,7 +416,7 @@ def test_add_note_is_not_resent_after_a_5xx(rsps, make):
     assert len(rsps.calls) == 1
 
 
-# --- properties (§7) -----------------------------------------------------------------------------
+# --- properties (docs/hubspot.md §9) -------------------------------------------------------------
 
 DEFINITIONS = {"results": [
     {"name": "hs_priority", "type": "enumeration", "hubspotDefined": True, "options": [
@@ -461,7 +461,7 @@ def test_ensure_fields_creates_group_and_properties_and_extends_options(rsps, ma
     assert [o["value"] for o in body(rsps.calls[5])["options"]] == ["open", "done"]
 
 
-# --- OAuth (§2) ---------------------------------------------------------------------------------
+# --- OAuth (docs/hubspot.md §3) -----------------------------------------------------------------
 
 def test_oauth_refresh_and_one_replay_after_401(rsps, make):
     tokens = iter(["access-1", "access-2"])
@@ -494,7 +494,7 @@ def test_oauth_refused_refresh_is_an_auth_error_without_secrets(rsps, make):
     assert "rtoken" not in caught.value.message and "csecret" not in caught.value.message
 
 
-# --- 429 policies (§9) ---------------------------------------------------------------------------
+# --- 429 policies (docs/hubspot.md §11) ----------------------------------------------------------
 
 def limited(policy, retry_after=None, interval=None):
     headers = {}
@@ -530,7 +530,7 @@ def test_daily_429_stops_with_the_reset_time(rsps, make, sleeps, retry_after):
     assert sleeps == [] and len(rsps.calls) == 1
 
 
-# --- error mapping (§10) -------------------------------------------------------------------------
+# --- error mapping (docs/hubspot.md §12) ---------------------------------------------------------
 
 def error(status, category, **extra):
     return {"status": status, "json": {"status": "error", "message": f"{category} happened",

@@ -1,4 +1,4 @@
-"""The HubSpot emulator against the documented behaviour (reference/hubspot.md, cited as §n)."""
+"""The HubSpot emulator against the documented behaviour (docs/hubspot.md)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def assert_error_shape(body, category):
     assert len(body["correlationId"]) == 36
 
 
-# --- auth (§2, §13.2) ---------------------------------------------------------------------------
+# --- auth (docs/hubspot.md §3, §14.2) -----------------------------------------------------------
 
 def test_missing_and_unknown_tokens_are_401(emu):
     for token in (None, "nope"):
@@ -129,7 +129,7 @@ def test_rotating_refresh_tokens(emu):
     assert oauth(emu, refresh_token=first["refresh_token"])[0] == 200
 
 
-# --- list and get (§4, §13.2) -------------------------------------------------------------------
+# --- list and get (docs/hubspot.md §5, §14.2) ---------------------------------------------------
 
 def test_list_pages_by_opaque_cursor_until_no_paging(emu, api):
     emu.seed_deals(25)
@@ -185,7 +185,7 @@ def test_archived_deals_leave_reads(emu, api):
     assert api.ok("POST", DEALS + "/search", json={})["total"] == 2
 
 
-# --- create / patch validation (§13.3) --------------------------------------------------------
+# --- create / patch validation (docs/hubspot.md §14.3) ----------------------------------------
 
 def codes(body):
     return {(e["code"], e["in"]) for e in body["errors"]}
@@ -239,7 +239,7 @@ def test_touch_on_noop(emu, api):
     assert again["updatedAt"] == body["updatedAt"]
 
 
-# --- batch (§6) ----------------------------------------------------------------------------------
+# --- batch (docs/hubspot.md §8) ------------------------------------------------------------------
 
 def test_batch_read_reports_missing_with_207(emu, api):
     ids = emu.seed_deals(2)
@@ -310,7 +310,7 @@ def test_batch_update_success(emu, api):
     assert [v["source"] for v in emu.history(ids[0])] == ["seed", "api:batch_update"]
 
 
-# --- search (§5, §13.4) --------------------------------------------------------------------------
+# --- search (docs/hubspot.md §6, §7, §14.4) ------------------------------------------------------
 
 def test_search_ten_thousand_cap(emu, api):
     emu.seed_deals(10_250)
@@ -453,7 +453,7 @@ def test_same_timestamp_bulk_touch(emu, api):
     assert stamps == {"2025-02-01T00:00:00.000Z"}
 
 
-# --- properties, pipelines, owners, companies, notes (§7, §8) ------------------------------------
+# --- properties, pipelines, owners, companies, notes (docs/hubspot.md §4, §9, §10) ---------------
 
 def test_properties_definitions_and_create(emu, api):
     names = {p["name"] for p in api.ok("GET", "/crm/v3/properties/deals")["results"]}
@@ -549,7 +549,7 @@ def test_notes(emu, api):
         "Requirement REQ-42 moved to Done", "a", "b"]
 
 
-# --- rate limits (§9, §13.5) ---------------------------------------------------------------------
+# --- rate limits (docs/hubspot.md §11, §14.5) ----------------------------------------------------
 
 def test_burst_limit_429_body_and_recovery(emu, api):
     emu.configure(burst_max=3)
@@ -609,7 +609,7 @@ def test_rate_headers_on_non_search_only(emu, api):
     assert "X-HubSpot-RateLimit-Daily" not in api.call("GET", DEALS)[2]
 
 
-# --- control API (§13.6) -------------------------------------------------------------------------
+# --- control API (docs/hubspot.md §14.6) ---------------------------------------------------------
 
 def test_control_api_over_http(emu, api):
     ctl = requests.Session()

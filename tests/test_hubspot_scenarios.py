@@ -1,4 +1,4 @@
-"""The HubSpot connector against its emulator: reference/hubspot.md §13.7's scenarios.
+"""The HubSpot connector against its emulator: the scenarios of docs/hubspot.md §14.7.
 
 Time is the emulator's virtual clock on both sides: the connector's rate limiter reads it and its
 sleeps advance it, so waits cost no real time and the emulator's limits are checked exactly.

@@ -1,4 +1,4 @@
-"""The PingCode emulator against the documented behaviour (reference/pingcode.md, cited as §n)."""
+"""The PingCode emulator against the documented behaviour (docs/pingcode.md)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def api(emu):
 def test_token_is_a_get_with_an_absolute_expiry(emu):
     body = requests.get(emu.url + "/v1/auth/token", params=CREDS).json()
     assert body["token_type"] == "Bearer"
-    assert body["expires_in"] == START + 30 * 86400  # §1.1: absolute epoch, +30 days
+    # an absolute epoch, 30 days ahead (docs/pingcode.md §3.1)
+    assert body["expires_in"] == START + 30 * 86400
     emu.config["expires_in_mode"] = "duration"
     assert requests.get(emu.url + "/v1/auth/token", params=CREDS).json()["expires_in"] == 2592000
 
@@ -81,7 +82,7 @@ def test_missing_unknown_and_expired_bearer_are_401(emu, api):
     assert api.call("GET", "/projects", token=None)[0] == 401
     status, body = api.call("GET", "/projects", token="not-a-token")
     assert status == 401 and isinstance(body["code"], str)
-    second = Api(emu)  # a new token does not revoke the old one (§1.1)
+    second = Api(emu)  # a new token does not revoke the old one (docs/pingcode.md §3.1)
     assert api.call("GET", "/projects")[0] == 200 and second.call("GET", "/projects")[0] == 200
     emu.clock.advance((30 * 86400 + 1) * 1000)
     assert api.call("GET", "/projects")[0] == 401
@@ -113,7 +114,7 @@ def test_configuration_endpoints(api):
         "id", "url", "name", "type", "color"}
     assert list(priorities) == ["最高", "高", "中", "低", "最低"]
     status, body = api.call("GET", "/work_item/states", params={"project_id": project["id"]})
-    assert (status, body["code"]) == (400, "100008")  # both params required (§3.1)
+    assert (status, body["code"]) == (400, "100008")  # both params required (docs/pingcode.md §4)
     props = api.ok("GET", "/work_item/properties",
                    params={"project_id": project["id"], "work_item_type_id": "story"})["values"]
     level = next(p for p in props if p["id"] == "prop_customer_level")
@@ -311,7 +312,7 @@ def test_search_text_reference_and_property_operators(emu, api):
 
 
 @pytest.mark.parametrize("filters", [
-    {"identifier": {"in": ["SCR-1"]}},                 # not filterable (§3.5)
+    {"identifier": {"in": ["SCR-1"]}},                 # not filterable (docs/pingcode.md §8)
     {"updated_at": {"gte": 1, "lte": 2}},             # one operator per field
     {"title": {"in": ["x"]}},                          # text takes exists/contains only
     {"nonsense": {"exists": True}},

@@ -1,10 +1,10 @@
 """PingCode Ship ideas (``item_kind = "idea"``): the connector's requests and error mapping with
 ``responses``, the emulator's idea endpoints against the documented behaviour, and one engine run.
 
-Facts are from reference/pingcode.md (cited §n): ideas live in a product under ``/v1/ship`` (§4),
-take no state or priority on create, have no flow endpoint, answer 100725 when unknown and
-100702/100719 for a state the product's plan does not allow (§7). The contract suite runs on
-ideas in test_pingcode_contract.py.
+Facts are from docs/pingcode.md §10 and §13: ideas live in a product under ``/v1/ship``, take no
+state or priority on create, have no flow endpoint, answer 100725 when unknown and 100702/100719
+for a state the product's plan does not allow. The contract suite runs on ideas in
+test_pingcode_contract.py.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def state(name):
 
 
 def idea(state_name="待评审", priority="P1", identifier="SLC-7", idea_id=IDEA, **extra):
-    """The §4 full shape."""
+    """The idea's full shape (docs/pingcode.md §10)."""
     return {"id": idea_id, "url": f"{SHIP}/ideas/{idea_id}",
             "product": {"id": PRODUCT, "identifier": "SLC", "name": "示例产品"},
             "identifier": identifier, "title": "示例需求", "short_id": "Ogf1EYey",
@@ -126,7 +126,8 @@ def test_names_resolve_per_product_without_flows_and_are_cached(ready):
     for path in ("/v1/ship/idea/states", "/v1/ship/idea/priorities"):
         assert f"product_id={PRODUCT}" in calls(ready, "GET", path)[0].request.url
     products_url = calls(ready, "GET", "/v1/ship/products")[0].request.url
-    assert "identifier" not in products_url and "keywords" not in products_url  # §4: no such filter
+    # the product list has no identifier filter (docs/pingcode.md §10)
+    assert "identifier" not in products_url and "keywords" not in products_url
     assert all("/v1/pjm/" not in c.request.url and "flows" not in c.request.url
                for c in ready.calls)
     assert not calls(ready, "GET", "/v1/ship/idea/properties")  # no marker_property
@@ -247,7 +248,7 @@ def test_create_refuses_what_cannot_be_sent_before_posting(ready):
     conn = connector()
     with pytest.raises(ItemError, match="P0, P1"):
         conn.create(NewRequirement("t", "d", {"priority": "最高"}, "m"))
-    with pytest.raises(ItemError, match="255"):  # §4: title ≤ 255
+    with pytest.raises(ItemError, match="255"):  # title ≤ 255 (docs/pingcode.md §10)
         conn.create(NewRequirement("长" * 256, "d", {}, "m"))
     with pytest.raises(ItemError, match="plan"):
         conn.update(IDEA, RequirementChange(fields={"delivery": "2025 Q3"}))
@@ -273,7 +274,7 @@ def test_update_to_the_current_state_sends_nothing(ready):
 @pytest.mark.parametrize("code", ["100702", "100719"])
 def test_a_refused_state_is_a_transition_error_naming_both_states(ready, code):
     conn = connector()
-    conn.field_values("status")  # cached: the refusal earns one fresh look (§10.3)
+    conn.field_values("status")  # cached: the refusal earns one fresh look (docs/pingcode.md §15.3)
     ready.get(f"{SHIP}/ideas/{IDEA}", json=idea("已拒绝"))
     ready.patch(f"{SHIP}/ideas/{IDEA}", **error(code, "'state'资源不存在"))
     with pytest.raises(TransitionError) as caught:
@@ -296,7 +297,7 @@ def test_idea_error_codes_map_to_error_types(ready, code, kind):
     assert type(caught.value) is kind and caught.value.retryable is False
 
 
-# == the emulator's idea endpoints (§4, §11 row 18) ===============================================
+# == the emulator's idea endpoints (docs/pingcode.md §10, §16.2 row 18) ===========================
 
 @pytest.fixture
 def emu(pingcode_server):
@@ -371,7 +372,7 @@ def test_create_takes_no_state_or_priority_and_allocates_an_identifier(emu, ship
                        priority_id=ship.priorities["P0"]["id"],
                        properties={"prop_crm_deal": "dealsync:p:D-1"})
     assert idea["identifier"] == "SLC-4"  # the default seed holds SLC-1..3
-    assert idea["state"]["name"] == "待评审" and idea["priority"] is None  # §4
+    assert idea["state"]["name"] == "待评审" and idea["priority"] is None  # docs/pingcode.md §10
     assert idea["url"] == f"{emu.url}/v1/ship/ideas/{idea['id']}"
     assert idea["html_url"].endswith("/ship/ideas/" + idea["short_id"])
     assert idea["created_at"] == idea["updated_at"] == START

@@ -1,7 +1,7 @@
 """The HubSpot CRM connector: deals in, requirement status and priority out.
 
 It owns everything HubSpot-specific between the engine and ``sync.http``: the search recipe that
-survives the 10,000-result cap and bulk jobs' identical timestamps (reference/hubspot.md §5, §11),
+survives the 10,000-result cap and bulk jobs' identical timestamps (docs/hubspot.md §7, §13),
 batch reads and writes of 100, the mapping of HubSpot's error shape and 429 policies to
 ``sync.errors``, custom deal properties, and the deal context (company, stage, owner) shown on
 requirements. Timestamps become aware UTC here and nowhere else.
@@ -29,22 +29,22 @@ log = logging.getLogger("dealsync.hubspot")
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 DEFAULT_APP_URL = "https://app.hubspot.com"
-BATCH_LIMIT = 100  # batch read/update/create inputs (§6)
-SEARCH_PAGE_MAX = 200  # search page size (§5)
-SEARCH_CAP = 10_000  # results per search query (§5)
-# Burst limits by subscription tier (§9); the search limit is 5/s on every tier.
+BATCH_LIMIT = 100  # batch read/update/create inputs (docs/hubspot.md §8)
+SEARCH_PAGE_MAX = 200  # search page size (docs/hubspot.md §7)
+SEARCH_CAP = 10_000  # results per search query (docs/hubspot.md §7)
+# Burst limits by subscription tier (docs/hubspot.md §11); the search limit is 5/s on every tier.
 TIER_BURST = {"free": 100, "starter": 100, "professional": 190, "enterprise": 190,
               "api_limit_increase": 250}
-# What the deal context needs besides the mapped properties (§3).
+# What the deal context needs besides the mapped properties (docs/hubspot.md §4).
 CONTEXT_PROPERTIES = ("dealname", "amount", "dealstage", "pipeline", "closedate",
                       "hubspot_owner_id", "deal_currency_code", "hs_lastmodifieddate")
-PRIMARY_COMPANY = 5  # deal -> company "Primary" association type (§8)
-NOTE_TO_DEAL = 214  # note -> deal association type (§8)
-OAUTH_EARLY_S = 600.0  # tap-hubspot renews 600 s before expiry (§2)
+PRIMARY_COMPANY = 5  # deal -> company "Primary" association type (docs/hubspot.md §10)
+NOTE_TO_DEAL = 214  # note -> deal association type (docs/hubspot.md §10)
+OAUTH_EARLY_S = 600.0  # tap-hubspot renews 600 s before expiry (docs/hubspot.md §3)
 
 
 def to_ms(when: datetime) -> int:
-    """Epoch milliseconds, the unit of HubSpot's datetime filters (§5)."""
+    """Epoch milliseconds, the unit of HubSpot's datetime filters (docs/hubspot.md §6)."""
     return int(utc(when).timestamp() * 1000)
 
 
@@ -60,7 +60,7 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def body_of(response: requests.Response) -> dict[str, Any]:
-    """The JSON error or batch body; every field optional (§10)."""
+    """The JSON error or batch body; every field optional (docs/hubspot.md §12)."""
     try:
         body = response.json()
     except ValueError:
@@ -222,8 +222,8 @@ class HubSpotConnector(CRMConnector):
         self._refresh_token = self.ctx.secret("refresh_token")
 
         def fetch() -> tuple[str, float]:
-            # §2: POST /oauth/v1/token, form-encoded. Retrying a refresh is safe: at worst it
-            # mints a second access token.
+            # POST /oauth/v1/token, form-encoded (docs/hubspot.md §3). Retrying a refresh is
+            # safe: at worst it mints a second access token.
             assert self._oauth_http is not None
             body = self._oauth_http.json("POST", "/oauth/v1/token", idempotent=True, data={
                 "grant_type": "refresh_token", "client_id": client_id,
@@ -235,7 +235,8 @@ class HubSpotConnector(CRMConnector):
         self._oauth_http = self._client(None, redact=(client_secret, self._refresh_token,
                                                       client_id),
                                         map_error=self._map_oauth_error)
-        # §2: HubSpot says a 401 is no reliable sign of expiry, so renew ahead of the TTL.
+        # HubSpot says a 401 is no reliable sign of expiry, so renew ahead of the TTL
+        # (docs/hubspot.md §3).
         return RefreshingToken(fetch, early_s=OAUTH_EARLY_S, clock=self._clock)
 
     def _map_oauth_error(self, response: requests.Response) -> DealsyncError:
@@ -249,7 +250,7 @@ class HubSpotConnector(CRMConnector):
         return self.map_error(response)
 
     def read_throttle(self, response: requests.Response) -> Throttle:
-        """What a 429 asks for, by ``policyName`` (§9, §11 step 5)."""
+        """What a 429 asks for, by ``policyName`` (docs/hubspot.md §11, §13 step 5)."""
         body = body_of(response)
         policy = body.get("policyName")
         message = str(body.get("message") or "")
@@ -276,7 +277,7 @@ class HubSpotConnector(CRMConnector):
                                 tzinfo=local.tzinfo)
 
     def map_error(self, response: requests.Response) -> DealsyncError:
-        """HubSpot's error shape (§10) to the error the engine acts on."""
+        """HubSpot's error shape (docs/hubspot.md §12) to the error the engine acts on."""
         body = body_of(response)
         status, category = response.status_code, body.get("category")
         where = describe(response)
@@ -321,14 +322,15 @@ class HubSpotConnector(CRMConnector):
     # -- reading deals ----------------------------------------------------------------------------
     def iter_changed(self, since: datetime | None, until: datetime,
                      properties: list[str]) -> Iterator[Deal]:
-        """§5/§11: window on ``hs_lastmodifieddate`` (GTE since, LTE until), order by
-        ``hs_object_id`` and restart from the last id + 1, so the 10,000-result cap and 10k+
-        identical timestamps (airbyte #43317) end, and each deal comes once per read.
+        """docs/hubspot.md §7, §13: window on ``hs_lastmodifieddate`` (GTE since, LTE until),
+        order by ``hs_object_id`` and restart from the last id + 1, so the 10,000-result cap and
+        10k+ identical timestamps (airbyte #43317) end, and each deal comes once per read.
 
         By default every page restarts from the last id (``search_paging = "keyset"``): offset
         paging over a live result set skips a record whenever a deal earlier in the order is
         edited mid-read and leaves the window, and a skipped deal older than the lookback would
-        never be read. ``"offset"`` follows ``paging.next.after`` as §11 describes."""
+        never be read. ``"offset"`` follows ``paging.next.after`` as docs/hubspot.md §13
+        describes."""
         wanted = list(dict.fromkeys([*properties, *CONTEXT_PROPERTIES]))
         until_ms = to_ms(until)
         since_ms = to_ms(since) if since is not None else None
@@ -363,8 +365,8 @@ class HubSpotConnector(CRMConnector):
 
     def fetch(self, ids: list[str], properties: list[str],
               with_context: bool = True) -> dict[str, Deal]:
-        """Batch read, 100 per call (§6). An id is left out only when HubSpot named it not
-        found; anything else it failed to return raises. Without context, the company
+        """Batch read, 100 per call (docs/hubspot.md §8). An id is left out only when HubSpot named
+        it not found; anything else it failed to return raises. Without context, the company
         association reads are skipped (half the calls)."""
         wanted = list(dict.fromkeys([*properties, *CONTEXT_PROPERTIES]))
         unique = list(dict.fromkeys(str(i) for i in ids))
@@ -427,7 +429,8 @@ class HubSpotConnector(CRMConnector):
             return None
 
     def _companies_of(self, deal_ids: list[str]) -> dict[str, str | None]:
-        """Deal id -> primary company name, via v4 batch association reads (§8)."""
+        """Deal id -> primary company name, via v4 batch association reads
+        (docs/hubspot.md §10)."""
         primary: dict[str, str] = {}
         for start in range(0, len(deal_ids), BATCH_LIMIT):
             chunk = deal_ids[start:start + BATCH_LIMIT]
@@ -462,7 +465,7 @@ class HubSpotConnector(CRMConnector):
                     (record.get("properties") or {}).get("name") or None
 
     def _stage(self, stage_id: str | None) -> tuple[str | None, bool]:
-        """Stage label and whether the deal is still open (§3: isClosed in stage metadata)."""
+        """Stage label and whether the deal is still open (``isClosed``, docs/hubspot.md §4)."""
         if not stage_id:
             return None, True
         if self._stages is None or stage_id not in self._stages:
@@ -515,8 +518,9 @@ class HubSpotConnector(CRMConnector):
 
     # -- writing deals ----------------------------------------------------------------------------
     def update(self, updates: list[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:
-        """Batch update in chunks of 100 (§6). A 207 or a 400 that names ids fails only those
-        deals and the rest are sent again; a 400 that names none is bisected to find them."""
+        """Batch update in chunks of 100 (docs/hubspot.md §8). A 207 or a 400 that names ids fails
+        only those deals and the rest are sent again; a 400 that names none is bisected to find
+        them."""
         outcome: dict[int, WriteResult] = {}
         outage: ItemError | None = None
         for chunk in self._chunks(updates):
@@ -641,15 +645,16 @@ class HubSpotConnector(CRMConnector):
         return ItemError(str(error), retryable=False)
 
     def add_note(self, deal_id: str, text: str) -> str:
-        """Write a note on a deal (§8); returns the note id. A create: never re-sent after an
-        ambiguous failure (``AmbiguousWrite``)."""
+        """Write a note on a deal (docs/hubspot.md §10); returns the note id. A create:
+        never re-sent after an ambiguous failure (``AmbiguousWrite``)."""
         body = self.http.json("POST", f"{self.prefix}/objects/notes",
                               json=self._note_input(deal_id, text))
         return str(body["id"])
 
     def add_notes(self, notes: list[tuple[str, str]]) -> list[WriteResult]:
-        """Notes in batches of 100 (§8 ``notes/batch/create``). HubSpot creates a batch all or
-        nothing, so a refused batch fails each of its notes; an ambiguous one is not re-sent."""
+        """Notes in batches of 100 (``notes/batch/create``, docs/hubspot.md §10). HubSpot creates a
+        batch all or nothing, so a refused batch fails each of its notes; an ambiguous one is not
+        re-sent."""
         results: list[WriteResult] = []
         for start in range(0, len(notes), BATCH_LIMIT):
             chunk = notes[start:start + BATCH_LIMIT]
@@ -674,7 +679,7 @@ class HubSpotConnector(CRMConnector):
                     {"associationCategory": "HUBSPOT_DEFINED",
                      "associationTypeId": NOTE_TO_DEAL}]}]}
 
-    # -- deal properties (§7) ---------------------------------------------------------------------
+    # -- deal properties (docs/hubspot.md §9) -----------------------------------------------------
     def _definitions_by_name(self) -> dict[str, dict[str, Any]]:
         if self._definitions is None:
             body = self.http.json("GET", f"{self.prefix}/properties/deals")
@@ -741,7 +746,8 @@ class HubSpotConnector(CRMConnector):
 
 
 def _wire(values: dict[str, str | None]) -> dict[str, str]:
-    """HubSpot clears a property with an empty string; all values travel as strings (§3)."""
+    """HubSpot clears a property with an empty string; all values travel as strings
+    (docs/hubspot.md §4)."""
     return {name: "" if value is None else str(value) for name, value in values.items()}
 
 

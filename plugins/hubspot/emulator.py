@@ -1,4 +1,4 @@
-"""A local HubSpot CRM v3 deals API, faithful to reference/hubspot.md §13.
+"""A local HubSpot CRM v3 deals API, faithful to the behaviour described in docs/hubspot.md §14.
 
 It serves what dealsync's HubSpot connector, the demo, the scenario tests and the benchmarks need:
 deals (list, get, create, patch, batch read and update, search with its 10,000-result cap and its
@@ -8,8 +8,9 @@ limits with their exact 429 bodies. Everything a test needs to set up or inspect
 over HTTP under ``/__emu/`` and as plain methods (``seed_deals``, ``seed``, ``mutate``,
 ``bulk_touch``, ``archive``, ``history``, ``configure``), which are much faster for volume tests.
 
-Things the reference marks [I] (inferred) are knobs in ``default_config()`` rather than guesses
-baked in. Run it alone with ``python -m plugins.hubspot.emulator --port N``.
+Things docs/hubspot.md marks as inferred (``[I]`` in the comments here) are knobs in
+``default_config()`` rather than guesses baked in. Run it alone with
+``python -m plugins.hubspot.emulator --port N``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from plugins.emulator import (Emulator, HttpError, RealtimeClock, Request, Respo
 DEAL_ID_START = 10000000001
 COMPANY_ID_START = 20000000001
 OWNER_ID_START = 30001
-NOTE_ID_START = 40000000001  # not specified by the reference; any distinct range will do
+NOTE_ID_START = 40000000001  # HubSpot documents no range; any distinct range will do
 
 PRIVATE_TOKEN = "pat-emu-private-token"
 OAUTH_CLIENT_ID = "emu-client-id"
@@ -48,17 +49,17 @@ SCOPE_SCHEMAS_WRITE = "crm.schemas.deals.write"
 SCOPE_COMPANIES_READ = "crm.objects.companies.read"
 SCOPE_OWNERS_READ = "crm.objects.owners.read"
 
-# The deals object under its classic path and the date-versioned alias (reference §1, §13.2).
+# The deals object under its classic path and the date-versioned alias (docs/hubspot.md §2, §14.2).
 DEALS = r"(?:/crm/v3/objects/deals|/crm/objects/2026-03/0-3)"
 SEARCH_PATH = re.compile(DEALS + r"/search")
 
-# Returned when a read names no properties (reference §3).
+# Returned when a read names no properties (docs/hubspot.md §4).
 DEFAULT_DEAL_PROPERTIES = ("dealname", "amount", "closedate", "pipeline", "dealstage",
                            "createdate", "hs_lastmodifieddate", "hs_object_id")
 ALWAYS_RETURNED = ("hs_object_id", "createdate", "hs_lastmodifieddate")
 READ_ONLY_DEAL_PROPERTIES = ("hs_object_id", "hs_lastmodifieddate", "createdate")
 
-# type -> allowed fieldTypes (reference §7).
+# type -> allowed fieldTypes (docs/hubspot.md §9).
 FIELD_TYPES = {
     "bool": {"booleancheckbox"},
     "enumeration": {"select", "radio", "checkbox", "booleancheckbox"},
@@ -71,7 +72,7 @@ FIELD_TYPES = {
 OPERATORS = {"EQ", "NEQ", "LT", "LTE", "GT", "GTE", "BETWEEN", "IN", "NOT_IN", "HAS_PROPERTY",
              "NOT_HAS_PROPERTY", "CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"}
 
-# Association type ids (reference §8).
+# Association type ids (docs/hubspot.md §10).
 NOTE_TO_DEAL = 214
 NOTE_TO_COMPANY = 190
 DEAL_TO_COMPANY_PRIMARY = 5
@@ -97,12 +98,13 @@ DEFAULT_STAGES = [
 
 
 def default_config() -> dict[str, Any]:
-    """Every knob, with the documented default (reference §13); ``POST /__emu/config`` edits it."""
+    """Every knob, with the documented default (docs/hubspot.md §14); ``POST /__emu/config``
+    edits it."""
     return {
         "epoch": "2025-01-01T00:00:00Z",
         "auto_ms_per_request": 1,
         "portal_id": 1234567,
-        # auth (§2, §13.2): token -> list of scopes, or null for every scope
+        # auth (docs/hubspot.md §3, §14.2): token -> list of scopes, or null for every scope
         "require_auth": True,
         "private_tokens": {PRIVATE_TOKEN: None},
         "oauth_clients": {OAUTH_CLIENT_ID: OAUTH_CLIENT_SECRET},
@@ -118,7 +120,7 @@ def default_config() -> dict[str, Any]:
         "batch_partial_mode": "207",
         "touch_on_noop": True,
         "note_body_max": 65536,
-        # search (§13.4)
+        # search (docs/hubspot.md §7, §14.4)
         "search_max_limit": 200,
         "search_over_limit": "clamp",  # clamp | 400 [I]
         "search_max_groups": 5,
@@ -129,7 +131,7 @@ def default_config() -> dict[str, Any]:
         "search_lag_ms": 0,
         "default_sort": "id",  # id | random
         "search_rate_headers": False,
-        # rate limits (§9, §13.5)
+        # rate limits (docs/hubspot.md §11, §14.5)
         "burst_max": 100,
         "burst_window_ms": 10000,
         "daily_max": 250000,
@@ -137,7 +139,7 @@ def default_config() -> dict[str, Any]:
         "search_rps": 5,
         "search_counts_toward_burst": True,
         "retry_after": "none",  # none | seconds | random
-        # the default pipeline (§3): stages with probability and isClosed metadata
+        # the default pipeline (docs/hubspot.md §4): stages with probability and isClosed metadata
         "pipelines": [{"id": "default", "label": "Sales Pipeline", "stages": [
             {"id": sid, "label": label, "probability": p, "isClosed": closed}
             for sid, label, p, closed in DEFAULT_STAGES]}],
@@ -527,7 +529,7 @@ class HubSpotEmulator(Emulator):
                at_ms: int | None = None, source: str, force: bool = False,
                archived: bool | None = None) -> Version:
         """Append a version; a write that changes nothing still bumps the modified time unless
-        ``touch_on_noop`` is off (reference §13.3)."""
+        ``touch_on_noop`` is off (docs/hubspot.md §14.3)."""
         now = self.now_ms()
         current = record.current
         changed = {k: v for k, v in changes.items() if current.props.get(k) != v}
@@ -557,7 +559,7 @@ class HubSpotEmulator(Emulator):
         if ms > self.now_ms():
             self.clock.set(from_ms(ms))
 
-    # -- validation (reference §13.3) -------------------------------------------------------------
+    # -- validation (docs/hubspot.md §14.3) -------------------------------------------------------
     def _validated(self, incoming: dict[str, Any], current: dict[str, Any] | None
                    ) -> dict[str, str | None]:
         """Normalized values, or ValueError carrying the HubSpot error list (Python callers)."""
@@ -675,7 +677,7 @@ class HubSpotEmulator(Emulator):
     def _deal_not_found(self, deal_id: str) -> HttpError:
         return self.fail(404, "OBJECT_NOT_FOUND", NOT_FOUND_MESSAGE, context={"id": [deal_id]})
 
-    # -- auth (reference §2, §13.2) ---------------------------------------------------------------
+    # -- auth (docs/hubspot.md §3, §14.2) ---------------------------------------------------------
     def _authorize(self, req: Request, scope: str) -> None:
         if not self.config["require_auth"]:
             return
@@ -738,7 +740,7 @@ class HubSpotEmulator(Emulator):
         return {"access_token": access, "refresh_token": refresh, "expires_in": ttl,
                 "token_type": "bearer"}
 
-    # -- rate limits (reference §9, §13.5) --------------------------------------------------------
+    # -- rate limits (docs/hubspot.md §11, §14.5) -------------------------------------------------
     def dispatch(self, req: Request) -> Response | None:
         with self.lock:
             if not self.realtime:
@@ -1186,7 +1188,7 @@ class HubSpotEmulator(Emulator):
         bad_ids = [deal_id for deal_id, _ in invalid] + missing
         return self._validation_error(flat, ids=bad_ids if name_ids else None)
 
-    # -- search (reference §5, §13.4) -------------------------------------------------------------
+    # -- search (docs/hubspot.md §6, §7, §14.4) ---------------------------------------------------
     def _search(self, req: Request) -> Any:
         cfg = self.config
         body = req.json() or {}
@@ -1244,8 +1246,9 @@ class HubSpotEmulator(Emulator):
     def _search_matches(self, groups: list[dict[str, Any]], sorts: list[Any], query: Any
                         ) -> list[tuple[DealRecord, Version]]:
         """The query's matches in order. A query whose every group starts at the same
-        ``hs_object_id`` floor (the keyset recipe of §5) and that is ordered by id is answered
-        from the cached matches of the query without the floor: same result, one scan in all."""
+        ``hs_object_id`` floor (the keyset recipe of docs/hubspot.md §7) and that is ordered by
+        id is answered from the cached matches of the query without the floor: same result, one
+        scan in all."""
         floor, rest = self._id_floor(groups)
         by_id = not sorts or sorts[0] == {"propertyName": "hs_object_id", "direction": "ASCENDING"}
         if floor is not None and by_id and self.config["default_sort"] == "id":
@@ -1435,7 +1438,7 @@ class HubSpotEmulator(Emulator):
         kind = self._kind(name)
         return (lambda props: self._record_key(kind, props.get(name))), direction == "DESCENDING"
 
-    # -- properties and groups (reference §7) -----------------------------------------------------
+    # -- properties and groups (docs/hubspot.md §9) -----------------------------------------------
     def _list_properties(self, req: Request) -> Any:
         return {"results": [self._public_definition(d) for d in self.properties.values()]}
 
@@ -1575,7 +1578,7 @@ class HubSpotEmulator(Emulator):
                 return owner
         raise self.fail(404, "OBJECT_NOT_FOUND", f"owner {req.params['id']} not found")
 
-    # -- companies and associations (reference §8) ---------------------------------------------
+    # -- companies and associations (docs/hubspot.md §10) --------------------------------------
     def _get_company(self, req: Request) -> Any:
         company = self.companies.get(req.params["id"])
         if company is None:
@@ -1636,7 +1639,7 @@ class HubSpotEmulator(Emulator):
                            "message": "Could not find some deals", "context": {"ids": missing}})
         return self._batch_body(results, errors, started)
 
-    # -- notes (reference §8) --------------------------------------------------------------------
+    # -- notes (docs/hubspot.md §10) -------------------------------------------------------------
     def _note_input(self, item: Any) -> tuple[dict[str, str], list[str], list[str]]:
         if not isinstance(item, dict):
             raise self._bad_request("each note input must be an object")
@@ -1734,7 +1737,7 @@ class HubSpotEmulator(Emulator):
 
 
 def _sub_error(code: str, name: str, message: str) -> dict[str, Any]:
-    """One entry of ``errors[]`` in HubSpot's error shape (reference §10)."""
+    """One entry of ``errors[]`` in HubSpot's error shape (docs/hubspot.md §12)."""
     return {"message": message, "code": code, "in": name, "context": {"propertyName": [name]}}
 
 

@@ -1,19 +1,21 @@
 """A faithful local PingCode Open API (Agile work items and Ship ideas), built on the shared kit.
 
-It follows ``reference/pingcode.md`` (cited as "ref §n" below) and its §11 emulator spec: the GET
-token endpoint with an *absolute* ``expires_in``, 401 on a bad bearer, both path prefixes
-(``/v1/pjm`` and the older ``/v1/project``; ``url`` fields echo the one used), the list envelope
-paged from 0, no sort guarantee, the search DSL whose time filters compare whole *days*, state
-plans and flows that refuse illegal transitions atomically, not-found as HTTP 400 with a code,
-string error codes, and the 200/min sliding window with ``x-pc-retry-after``.
+It follows the behaviour described in docs/pingcode.md §16: the GET token endpoint with an
+*absolute* ``expires_in``, 401 on a bad bearer, both path prefixes (``/v1/pjm`` and the older
+``/v1/project``; ``url`` fields echo the one used), the list envelope paged from 0, no sort
+guarantee, the search DSL whose time filters compare whole *days*, state plans and flows that
+refuse illegal transitions atomically, not-found as HTTP 400 with a code, string error codes, and
+the 200/min sliding window with ``x-pc-retry-after``.
 
-Ship (ref §4, §11 row 18) is served under ``/v1/ship``: products, idea states, priorities and
-properties per product, and ideas (create without state or priority, get, patch, list, search
-with the same DSL, transition histories). An unknown idea is 400 ``100725``; a state outside the
-product's ideas, or one its hidden state plan refuses from the current state, is 400 ``100702``
-(``100719`` when no such state exists anywhere). Tickets, customers and relations are not served.
+Ship (docs/pingcode.md §10, §16.2 row 18) is served under ``/v1/ship``: products, idea states,
+priorities and properties per product, and ideas (create without state or priority, get, patch,
+list, search with the same DSL, transition histories). An unknown idea is 400 ``100725``; a state
+outside the product's ideas, or one its hidden state plan refuses from the current state, is 400
+``100702`` (``100719`` when no such state exists anywhere). Tickets, customers and relations are
+not served.
 
-Behaviour the reference marks as inferred ([I]) is a config key (``/__emu/config``).
+Behaviour docs/pingcode.md marks as inferred (``[I]`` in the comments here) is a config key
+(``/__emu/config``).
 
 Control API (besides the kit's reset/config/clock/faults/requests/stats):
 ``POST /__emu/seed`` (see ``seed``), ``POST /__emu/mutate`` (see ``mutate``; with ``"idea"``
@@ -43,7 +45,8 @@ PREFIX = r"(?P<prefix>/v1/(?:pjm|project))"
 ID = r"(?P<id>[^/]+)"
 DEFAULT_START = datetime(2025, 3, 3, 1, 0, tzinfo=timezone.utc)  # Monday 09:00 in Beijing
 
-# Error codes (ref §7). Codes marked [I] are not documented anywhere; the status is what matters.
+# Error codes (docs/pingcode.md §13). Codes marked [I] are not documented anywhere; the status is
+# what matters.
 E_INTERNAL = ("100000", "Internal Server Error")
 E_BAD_ID = "100003"
 E_UNAUTHORIZED = ("100005", "access_token无效或已过期")  # [I] code; 401 is verified
@@ -58,11 +61,12 @@ E_PROJECT = ("100301", "项目资源不存在")  # [I] code
 E_ITEM = ("100317", "工作项资源不存在")
 E_FLOW = ("100379", "工作项状态不能流转到当前状态")
 E_COMMENT = ("100051", "评论资源不存在")
-E_NO_ROUTE = ("100404", "请求的资源不存在")  # [I] code and status (ref §11: unknown routes → 404)
-# Ship (ref §4, §7). The codes are verified, the messages are not [I]. The reference says both
-# 100702 and 100719 mean "state does not exist" and that either is also returned for an existing
-# state the plan does not allow; which one comes when is not said, so [I]: 100719 for an id that
-# is no idea state at all, 100702 for a real state this product or its plan does not allow.
+# [I] code and status: an unknown route answers 404 (docs/pingcode.md §16.3)
+E_NO_ROUTE = ("100404", "请求的资源不存在")
+# Ship (docs/pingcode.md §10, §13). The codes are verified, the messages are not [I]. Both 100702
+# and 100719 mean "state does not exist", and either is also returned for an existing state the
+# plan does not allow; which one comes when is not said, so [I]: 100719 for an id that is no idea
+# state at all, 100702 for a real state this product or its plan does not allow.
 E_IDEA = ("100725", "需求资源不存在")
 E_IDEA_STATE = ("100702", "'state'资源不存在")
 E_IDEA_STATE_MISSING = ("100719", "'state'资源不存在")
@@ -72,7 +76,7 @@ TEXT_OPS = {"exists", "contains"}
 ENUM_OPS = {"exists", "in", "nin"}
 NUMBER_OPS = {"exists", "eq", "ne", "gt", "lt", "gte", "lte"}
 TIME_OPS = {"exists", "gt", "lt", "gte", "lte", "between"}
-SEARCH_FIELDS = {  # ref §3.5 and §11 row 13: field -> (kind, attribute of the stored item)
+SEARCH_FIELDS = {  # docs/pingcode.md §8, §16.2 row 13: field -> (kind, stored item's attribute)
     "title": ("text", "title"), "description": ("text", "description"),
     "type": ("enum", "type_id"),
     "state.id": ("ref", "state_id"), "priority.id": ("ref", "priority_id"),
@@ -91,7 +95,8 @@ OPS_BY_KIND = {"text": TEXT_OPS, "enum": ENUM_OPS, "ref": ENUM_OPS, "option": EN
                "number": NUMBER_OPS, "time": TIME_OPS}
 PROPERTY_KIND = {"text": "text", "textarea": "text", "select": "option", "multi_select": "option",
                  "number": "number", "date": "time"}
-IDEA_SEARCH_FIELDS = {  # ref §4: the §3.5 DSL over these fields (plus properties.*)
+# The search DSL over these fields, plus properties.* (docs/pingcode.md §8, §10).
+IDEA_SEARCH_FIELDS = {
     "title": ("text", "title"), "description": ("text", "description"),
     "product.id": ("ref", "product_id"), "state.id": ("ref", "state_id"),
     "priority.id": ("ref", "priority_id"), "assignee.id": ("ref", "assignee_id"),
@@ -99,18 +104,19 @@ IDEA_SEARCH_FIELDS = {  # ref §4: the §3.5 DSL over these fields (plus propert
     "created_at": ("time", "created_at"), "updated_at": ("time", "updated_at"),
     "completed_at": ("time", "completed_at"),
 }
-IDEA_CREATE_FIELDS = {"assignee_id", "description", "suite_id", "properties"}  # ref §4
+# Idea fields (docs/pingcode.md §10): optional on create, patchable, and list filters.
+IDEA_CREATE_FIELDS = {"assignee_id", "description", "suite_id", "properties"}
 IDEA_PATCHABLE = {"title", "description", "state_id", "priority_id", "assignee_id", "progress",
-                  "plan_at", "real_at", "plan_id", "suite_id", "properties"}  # ref §4
+                  "plan_at", "real_at", "plan_id", "suite_id", "properties"}
 IDEA_LIST_FILTERS = {"product_id": "product_id", "state_id": "state_id",
-                     "priority_id": "priority_id"}  # ref §4
-# plan_at/real_at granularities: §4 shows only "day"; the D-old page it cites lists these four.
+                     "priority_id": "priority_id"}
+# plan_at/real_at granularities, as the older docs build lists them (docs/pingcode.md §10).
 GRANULARITIES = {"year", "quarter", "month", "day"}
 PATCHABLE = {"title", "description", "start_at", "end_at", "priority_id", "state_id", "assignee_id",
              "parent_id", "version_ids", "board_id", "entry_id", "swimlane_id", "phase_id",
              "story_points", "estimated_workload", "remaining_workload", "properties",
              "sprint_id", "participant_ids"}
-LIST_FILTERS = {  # GET list query param -> stored attribute (ref §3.5, singular form)
+LIST_FILTERS = {  # GET list query param -> stored attribute (docs/pingcode.md §8, singular form)
     "identifier": "identifier", "project_id": "project_id", "type_id": "type_id",
     "parent_id": "parent_id", "assignee_id": "assignee_id", "state_id": "state_id",
     "priority_id": "priority_id", "version_id": "version_ids", "created_by": "created_by",
@@ -118,20 +124,22 @@ LIST_FILTERS = {  # GET list query param -> stored attribute (ref §3.5, singula
 }
 
 DEFAULT_CONFIG: dict[str, Any] = {
-    "token_ttl_s": 2592000,             # 30 days (ref §1.1)
-    "expires_in_mode": "absolute",      # or "duration" (ref §1.1: live returns an absolute epoch)
-    "rate_limit_per_min": 200,          # per token, sliding 60 s window; 0 disables (ref §7)
+    "token_ttl_s": 2592000,             # 30 days (docs/pingcode.md §3.1)
+    "expires_in_mode": "absolute",      # or "duration"; live returns an absolute epoch
+                                        # (docs/pingcode.md §3.1)
+    "rate_limit_per_min": 200,          # per token, sliding 60 s window; 0 disables
+                                        # (docs/pingcode.md §13)
     "page_size_default": 30,
     "page_size_max": 100,
     "path_prefixes": ["/v1/pjm", "/v1/project"],
     "shuffle": False,                   # list/search rows in a per-seed order, not by identifier
-    "search_day_granularity": True,     # time filters compare whole days (ref §3.5)
-    # The reference does not say which day boundaries the server uses. PingCode is a Chinese
-    # service, so days are taken in Beijing time by default [I].
+    "search_day_granularity": True,     # time filters compare whole days (docs/pingcode.md §8)
+    # PingCode does not say which day boundaries the server uses (docs/pingcode.md §8). It is a
+    # Chinese service, so days are taken in Beijing time by default [I].
     "day_timezone": "Asia/Shanghai",
-    "properties_patch": "merge",        # or "replace" (ref §3.4: undocumented) [I]
-    "create_status": 201,               # docs say 201; 200 is as good (ref §2)
-    "include_item_type": True,          # an early live run saw `type` missing (ref §3.2)
+    "properties_patch": "merge",        # or "replace" (undocumented, docs/pingcode.md §7) [I]
+    "create_status": 201,               # docs say 201; 200 is as good (docs/pingcode.md §2)
+    "include_item_type": True,          # an early live run saw `type` missing (docs/pingcode.md §5)
     "tenant": "demo",                   # html_url host: https://<tenant>.pingcode.com
     "base_url": None,                   # root printed in `url` fields; None = this server
 }
@@ -157,9 +165,9 @@ TASK_STATES = [("打开", "pending", "#56abfb"), ("进行中", "in_progress", "#
 TASK_FLOWS = [(a, b) for a in ("打开", "进行中", "已完成", "关闭")
               for b in ("打开", "进行中", "已完成", "关闭") if a != b]
 
-# A Ship product's idea states. Ship publishes no idea flows (ref §4), so any listed state may be
-# asked for in one PATCH; the product's hidden plan refuses 已拒绝 → 已发布 (a rejected idea is not
-# released without a new review) [I], so clients meet 100702 for an existing state.
+# A Ship product's idea states. Ship publishes no idea flows (docs/pingcode.md §10), so any listed
+# state may be asked for in one PATCH; the product's hidden plan refuses 已拒绝 → 已发布 (a rejected
+# idea is not released without a new review) [I], so clients meet 100702 for an existing state.
 IDEA_STATES = [("待评审", "pending"), ("已规划", "in_progress"), ("开发中", "in_progress"),
                ("已发布", "completed"), ("已拒绝", "closed")]
 IDEA_REFUSED = [("已拒绝", "已发布")]
@@ -295,7 +303,7 @@ class PingCodeEmulator(Emulator):
         self.short_ids: dict[str, str] = {}
         self.histories: dict[str, list[dict[str, Any]]] = {}
         self.comments: dict[str, dict[str, Any]] = {}
-        # Ship (ref §4): everything is per product
+        # Ship (docs/pingcode.md §10): everything is per product
         self.products: dict[str, dict[str, Any]] = {}
         self.idea_states: dict[str, dict[str, Any]] = {}               # state id -> state
         self.idea_state_plans: dict[str, dict[str, Any]] = {}          # product id -> plan
@@ -540,7 +548,7 @@ class PingCodeEmulator(Emulator):
     def fail_next(self, status: int, count: int = 1, match: str = r"* /v1/.*",
                   retry_after: int = 1) -> None:
         """The next ``count`` API calls matching ``match`` answer ``status`` (429, 500 or 401)
-        with PingCode's own error body (ref §11 "fail_next")."""
+        with PingCode's own error body (docs/pingcode.md §16.1)."""
         body = {429: {"code": E_RATE[0], "message": E_RATE[1]},
                 401: {"code": E_UNAUTHORIZED[0], "message": E_UNAUTHORIZED[1]}}.get(
             status, {"code": E_INTERNAL[0], "message": E_INTERNAL[1]})
@@ -565,12 +573,12 @@ class PingCodeEmulator(Emulator):
         record = self._require_item(ref, include_deleted=True)
         return [self._history_shape(h) for h in self.histories[record["id"]]]
 
-    # == Ship: seeding, PM-side edits and in-process views (ref §4) ==============================
+    # == Ship: seeding, PM-side edits and in-process views (docs/pingcode.md §10) ================
     def _seed_product(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A product with its idea ``states`` (``[name, type]``; default ``IDEA_STATES``),
         ``initial`` state, ``refused`` ``[from, to]`` state pairs its hidden plan does not allow,
-        ``priorities``, idea ``properties`` and ``plans`` (排期, by name). Ids are per product:
-        "Id resolution is product-scoped" (ref §4)."""
+        ``priorities``, idea ``properties`` and ``plans`` (排期, by name). Ids are per product,
+        as in Ship (docs/pingcode.md §10)."""
         pid, now = self._ship_hex(), self.now()
         product = {"id": pid, "identifier": spec["identifier"],
                    "name": spec.get("name", spec["identifier"]),
@@ -657,10 +665,10 @@ class PingCodeEmulator(Emulator):
                     plan_at: Any = None, properties: dict[str, Any] | None = None,
                     deleted: bool | None = None, by: str = "lina") -> dict[str, Any]:
         """Edit an idea as a product manager would (names, not ids). ``state`` moves in one step
-        (Ship has no idea flows, ref §4) unless the product's plan refuses it (400 100702);
-        ``force`` moves it anyway, as an admin can. ``plan`` is a plan (排期) name or "" for
-        none; ``deleted`` hides the idea (ideas have no DELETE endpoint, ref §4, but people
-        delete them in Ship)."""
+        (Ship has no idea flows, docs/pingcode.md §10) unless the product's plan refuses it (400
+        100702); ``force`` moves it anyway, as an admin can. ``plan`` is a plan (排期) name or ""
+        for none; ``deleted`` hides the idea (ideas have no DELETE endpoint, docs/pingcode.md §10,
+        but people delete them in Ship)."""
         record = self._require_idea(idea, include_deleted=True)
         pid = record["product_id"]
         user = self._user_by_name(by)
@@ -706,8 +714,9 @@ class PingCodeEmulator(Emulator):
         return [self._idea_history_shape(h) for h in self.idea_histories[record["id"]]]
 
     def _check_idea_move(self, record: dict[str, Any], target: str) -> None:
-        """ref §4, §7: a real state that is not one of this product's idea states, or that the
-        product's plan does not allow from the current state, is refused with 100702."""
+        """A real state that is not one of this product's idea states, or that the product's
+        plan does not allow from the current state, is refused with 100702
+        (docs/pingcode.md §10, §13)."""
         plan = self.idea_state_plans[record["product_id"]]
         if target not in plan["states"] or (record["state_id"], target) in plan["refused"]:
             raise _pair(E_IDEA_STATE)
@@ -720,8 +729,8 @@ class PingCodeEmulator(Emulator):
         self._mark_idea_completed(record, user_id)
 
     def _mark_idea_completed(self, record: dict[str, Any], user_id: str | None) -> None:
-        """``completed_at``/``completed_by`` (ref §4 shape) are set on entering a completed or
-        closed state and cleared on leaving one [I], as for work items."""
+        """``completed_at``/``completed_by`` (the idea shape, docs/pingcode.md §10) are set on
+        entering a completed or closed state and cleared on leaving one [I], as for work items."""
         if self.idea_states[record["state_id"]]["type"] in ("completed", "closed"):
             if not record["completed_at"]:
                 record["completed_at"], record["completed_by"] = self.now(), user_id
@@ -762,7 +771,8 @@ class PingCodeEmulator(Emulator):
         return product
 
     def _require_idea(self, ref: Any, include_deleted: bool = False) -> dict[str, Any]:
-        """By id, short id or identifier, as for work items; unknown → 400 100725 (ref §7)."""
+        """By id, short id or identifier, as for work items; unknown → 400 100725
+        (docs/pingcode.md §13)."""
         record = self.ideas.get(ref) or self.ideas.get(self.short_ids.get(ref, ""))
         if record is None and isinstance(ref, str):
             record = next((r for r in self.ideas.values() if r["identifier"] == ref), None)
@@ -845,7 +855,8 @@ class PingCodeEmulator(Emulator):
 
     @property
     def _base(self) -> str:
-        """What ``url`` fields start with: the root plus the prefix the caller used (ref §11)."""
+        """What ``url`` fields start with: the root plus the prefix the caller used
+        (docs/pingcode.md §16.3)."""
         return self._root() + self._prefix
 
     def _user_ref(self, user_id: str | None) -> dict[str, Any] | None:
@@ -933,7 +944,7 @@ class PingCodeEmulator(Emulator):
                 "from_state": self._state_ref(h["from"]), "to_state": self._state_ref(h["to"]),
                 "created_at": h["created_at"], "created_by": self._user_ref(h["created_by"])}
 
-    # -- Ship shapes (ref §4; refs as in the D-old page §4 cites) ---------------------------------
+    # -- Ship shapes (docs/pingcode.md §10; refs as in the older docs build) ----------------------
     @property
     def _ship_base(self) -> str:
         return self._root() + "/v1/ship"
@@ -971,7 +982,7 @@ class PingCodeEmulator(Emulator):
         return None
 
     def _idea_full(self, r: dict[str, Any]) -> dict[str, Any]:
-        """The idea's full shape (ref §4)."""
+        """The idea's full shape (docs/pingcode.md §10)."""
         pid = r["product_id"]
         url = f"{self._ship_base}/ideas/{r['id']}"
         properties = {d["id"]: None for d in self.idea_property_defs[pid]}
@@ -1019,7 +1030,7 @@ class PingCodeEmulator(Emulator):
         except (TypeError, ValueError):
             raise _error(E_INVALID, "'page_index'或'page_size'不是有效的数字") from None
         if page_index < 0 or page_size < 1 or page_size > self.config["page_size_max"]:
-            # ref §11 row 12: page_size > 100 is refused [I]
+            # docs/pingcode.md §16.2 row 12: page_size > 100 is refused [I]
             raise _error(E_INVALID, f"'page_size'不能大于{self.config['page_size_max']}")
         return page_index, page_size
 
@@ -1029,8 +1040,8 @@ class PingCodeEmulator(Emulator):
         return self._envelope(rows, page_index, page_size, shape)
 
     def _order(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """By identifier number, as observed live (ref §6); or shuffled per seed, which is stable
-        for the life of the data so one listing's pages agree with each other."""
+        """By identifier number, as observed live (docs/pingcode.md §12); or shuffled per seed,
+        which is stable for the life of the data so one listing's pages agree with each other."""
         if self.config["shuffle"]:
             return sorted(rows, key=lambda r: hashlib.sha1(
                 f"{self.seed_value}:{r['id']}".encode()).hexdigest())
@@ -1063,7 +1074,7 @@ class PingCodeEmulator(Emulator):
         api("PATCH", rf"{PREFIX}/work_items/{ID}", self.h_patch)
         api("DELETE", rf"{PREFIX}/work_items/{ID}", self.h_delete)
         api("GET", rf"{PREFIX}/work_items/{ID}/transition_histories", self.h_histories)
-        # Ship (ref §4, §11 row 18): one prefix, so no {prefix} group
+        # Ship (docs/pingcode.md §10, §16.2 row 18): one prefix, so no {prefix} group
         api("GET", r"/v1/ship/products", self.h_ship_products)
         api("GET", r"/v1/ship/idea/states", self.h_idea_states)
         api("GET", r"/v1/ship/idea/priorities", self.h_idea_priorities)
@@ -1104,7 +1115,7 @@ class PingCodeEmulator(Emulator):
                 return self.not_found(req)
             token = self._token_of(req)
             if token is None:
-                raise _pair(E_UNAUTHORIZED, 401)  # ref §1.3: bad bearer → 401 [V-live]
+                raise _pair(E_UNAUTHORIZED, 401)  # bad bearer → 401 (docs/pingcode.md §3.3)
             self._caller = self.apps[token["client_id"]]["user_id"]
             self._prefix = prefix or "/v1/pjm"
             try:
@@ -1122,7 +1133,8 @@ class PingCodeEmulator(Emulator):
         return token
 
     def rate_limit(self, req: Request) -> Response | None:
-        """ref §7: 200 per minute per caller, sliding window; 429 + ``x-pc-retry-after``."""
+        """200 per minute per caller, sliding window; 429 + ``x-pc-retry-after``
+        (docs/pingcode.md §13)."""
         limit = self.config["rate_limit_per_min"]
         token = self._token_of(req)
         if not limit or token is None:
@@ -1262,7 +1274,7 @@ class PingCodeEmulator(Emulator):
         defs = {d["id"]: d for d in definitions}
         for key, value in values.items():
             definition = defs.get(key)
-            if definition is None:  # ref §3.3: not in the type's property plan
+            if definition is None:  # not in the type's property plan (docs/pingcode.md §6)
                 raise _error(E_UNKNOWN_PROPERTY, f"属性'{key}'不存在")
             if value is None:
                 continue
@@ -1282,7 +1294,7 @@ class PingCodeEmulator(Emulator):
         """Check a PATCH body against ``record`` without touching it; return the changes."""
         pid, type_id = record["project_id"], record["type_id"]
         if "type_id" in body:
-            raise _error(E_INVALID, "'type_id'不能修改")  # ref §3.4
+            raise _error(E_INVALID, "'type_id'不能修改")  # docs/pingcode.md §7
         changes: dict[str, Any] = {}
         for key, value in body.items():
             if key not in PATCHABLE:
@@ -1352,7 +1364,7 @@ class PingCodeEmulator(Emulator):
 
     def _mark_completed(self, record: dict[str, Any]) -> None:
         """``completed_at`` is set on entering a completed/closed state and cleared on leaving
-        one [I: ref §11 row 10]."""
+        one [I] (docs/pingcode.md §16.2 row 10)."""
         category = self.states[record["state_id"]]["type"]
         if category in ("completed", "closed"):
             record["completed_at"] = record["completed_at"] or self.now()
@@ -1370,7 +1382,7 @@ class PingCodeEmulator(Emulator):
             raise _error(E_INVALID, "请求体格式不正确")
         for key in ("project_id", "type_id", "title"):
             if not body.get(key):
-                raise _error(E_MISSING, f"'{key}'不能为空")  # ref §11 row 8
+                raise _error(E_MISSING, f"'{key}'不能为空")  # docs/pingcode.md §16.2 row 8
         project = self._require_project(body["project_id"])
         plan_id = self.plan_of.get((project["id"], body["type_id"]))
         if plan_id is None:
@@ -1408,7 +1420,8 @@ class PingCodeEmulator(Emulator):
         return self._full(record)
 
     def h_bulk_patch(self, req: Request) -> Any:
-        """ref §3.4: one field on at most 100 ids. All are checked before any is changed [I]."""
+        """One field on at most 100 ids (docs/pingcode.md §7). All are checked before any is changed
+        [I]."""
         body = req.json() or {}
         ids, name = body.get("ids"), body.get("property_name")
         if not isinstance(ids, list) or not ids or not name:
@@ -1435,7 +1448,8 @@ class PingCodeEmulator(Emulator):
 
     # -- work items: listing ----------------------------------------------------------------------
     def h_list(self, req: Request) -> Any:
-        """ref §3.5 and §11 row 12: exact-match filters, old plural lists and ``*_between``."""
+        """Exact-match filters, the old plural lists and ``*_between`` (docs/pingcode.md §8, §16.2
+        row 12)."""
         rows = self._visible(_flag(req.arg("include_deleted")), _flag(req.arg("include_archived")))
         for param, attr in LIST_FILTERS.items():
             wanted = set((req.arg(param) or "").split(",")) if req.arg(param) else None
@@ -1474,7 +1488,7 @@ class PingCodeEmulator(Emulator):
 
     @staticmethod
     def _between(value: int | None, spec: str) -> bool:
-        """The old "a,b" / ",b" / "a" form, in seconds (D-old, ref §3.5)."""
+        """The old "a,b" / ",b" / "a" form, in seconds (older docs build, docs/pingcode.md §8)."""
         low, _, high = spec.partition(",")
         if value is None:
             return False
@@ -1488,7 +1502,7 @@ class PingCodeEmulator(Emulator):
                     fields: dict[str, tuple[str, str]],
                     property_defs: list[dict[str, Any]],
                     shape: Callable[[dict[str, Any]], Any]) -> Any:
-        """The §3.5 DSL, for work items and (ref §4: "same DSL") Ship ideas alike."""
+        """The search DSL, for work items and Ship ideas alike (docs/pingcode.md §8, §10)."""
         body = req.json() or {}
         if body.get("mode") != "query" or not isinstance(body.get("payload"), dict):
             raise _error(E_INVALID, "'mode'必须为query且'payload'不能为空")
@@ -1527,7 +1541,7 @@ class PingCodeEmulator(Emulator):
 
     @staticmethod
     def _operator(field: str, kind: str, condition: Any) -> tuple[str, Any]:
-        """ref §3.5: exactly one operator per field, from the field kind's set."""
+        """Exactly one operator per field, from the field kind's set (docs/pingcode.md §8)."""
         if not isinstance(condition, dict) or len(condition) != 1:
             raise _error(E_INVALID, f"'{field}'的过滤条件必须恰好包含一个操作符")
         op, operand = next(iter(condition.items()))
@@ -1555,8 +1569,8 @@ class PingCodeEmulator(Emulator):
         if value is None:
             return False
         if kind == "time" and self.config["search_day_granularity"]:
-            # ref §3.5: time filters are evaluated per day, so `gt` today excludes the rest of
-            # today and `gte` includes all of it.
+            # Time filters are evaluated per day (docs/pingcode.md §8), so `gt` today excludes the
+            # rest of today and `gte` includes all of it.
             value = self._day(value)
             operand = ([self._day(int(x)) for x in operand] if op == "between"
                        else self._day(int(operand)))
@@ -1565,9 +1579,10 @@ class PingCodeEmulator(Emulator):
         return {"eq": value == operand, "ne": value != operand, "gt": value > operand,
                 "lt": value < operand, "gte": value >= operand, "lte": value <= operand}[op]
 
-    # -- Ship: products and idea configuration (ref §4) -------------------------------------------
+    # -- Ship: products and idea configuration (docs/pingcode.md §10) -----------------------------
     def h_ship_products(self, req: Request) -> Any:
-        """ref §4: filters are ``keywords`` (and, D-old, date ranges); no identifier filter."""
+        """Filters are ``keywords`` (and, in the older docs build, date ranges); no identifier
+        filter (docs/pingcode.md §10)."""
         rows = [p for p in self.products.values() if not p["is_deleted"]]
         if req.arg("keywords"):
             kw = req.arg("keywords", "").lower()
@@ -1597,8 +1612,8 @@ class PingCodeEmulator(Emulator):
     # -- Ship: ideas ------------------------------------------------------------------------------
     def _validated_idea_changes(self, record: dict[str, Any],
                                 body: dict[str, Any]) -> dict[str, Any]:
-        """Check a PATCH body (ref §4 lists the fields) against ``record`` without touching it;
-        return the changes. Unknown fields are ignored, as for work items [I]."""
+        """Check a PATCH body (docs/pingcode.md §10 lists the fields) against ``record`` without
+        touching it; return the changes. Unknown fields are ignored, as for work items [I]."""
         pid = record["product_id"]
         changes: dict[str, Any] = {}
         for key, value in body.items():
@@ -1622,7 +1637,7 @@ class PingCodeEmulator(Emulator):
                 if value not in self.users:
                     raise _error(E_INVALID, "'assignee'资源不存在")
             if key == "progress" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
-                raise _error(E_INVALID, "'progress'必须是0到1之间的数字")  # ref §4: 0–1
+                raise _error(E_INVALID, "'progress'必须是0到1之间的数字")  # docs/pingcode.md §10: 0–1
             if key in ("plan_at", "real_at") and value is not None:
                 self._check_period(key, value)
             if key == "plan_id" and value is not None:
@@ -1641,20 +1656,20 @@ class PingCodeEmulator(Emulator):
     def _check_idea_title(value: Any) -> None:
         if not isinstance(value, str) or not value.strip():
             raise _error(E_MISSING, "'title'不能为空")
-        if len(value) > 255:  # ref §4
+        if len(value) > 255:  # docs/pingcode.md §10
             raise _error(E_INVALID, "'title'长度不能超过255")
 
     @staticmethod
     def _check_period(key: str, value: Any) -> None:
-        """``plan_at``/``real_at`` are replaced whole, so all three parts are required (ref §4
-        names them; the D-old page it cites says they are required and lists granularities)."""
+        """``plan_at``/``real_at`` are replaced whole, so all three parts are required, and
+        the granularity is one of four (docs/pingcode.md §10, from the older docs build)."""
         ok = (isinstance(value, dict) and isinstance(value.get("from"), int)
               and isinstance(value.get("to"), int) and value.get("granularity") in GRANULARITIES)
         if not ok:
             raise _error(E_INVALID, f"'{key}'必须包含from、to和granularity")
 
     def h_idea_create(self, req: Request) -> Any:
-        """ref §4: ``product_id`` and ``title`` (≤255) required; ``assignee_id``,
+        """docs/pingcode.md §10: ``product_id`` and ``title`` (≤255) required; ``assignee_id``,
         ``description``, ``suite_id``, ``properties`` optional. "No state or priority on create":
         a ``state_id`` or ``priority_id`` sent anyway is ignored like any unknown field [I]."""
         body = req.json()
@@ -1698,9 +1713,9 @@ class PingCodeEmulator(Emulator):
                 and (include_archived or not r["is_archived"])]
 
     def h_idea_list(self, req: Request) -> Any:
-        """ref §4: ``product_id, state_id, priority_id, keywords``; D-old also
-        ``created_between, updated_between``. ``keywords`` matches the identifier or the title
-        (the D-old page: "支持需求编号和需求标题")."""
+        """docs/pingcode.md §10: ``product_id, state_id, priority_id, keywords``; the older docs
+        build also ``created_between, updated_between``. ``keywords`` matches the identifier or the
+        title (the older docs build: "支持需求编号和需求标题")."""
         rows = self._visible_ideas(_flag(req.arg("include_deleted")),
                                    _flag(req.arg("include_archived")))
         for param, attr in IDEA_LIST_FILTERS.items():
@@ -1710,7 +1725,8 @@ class PingCodeEmulator(Emulator):
         return self._list(req, self._order(rows), self._idea_full)
 
     def h_idea_search(self, req: Request) -> Any:
-        """ref §4: "Same DSL as §3.5"; time fields created_at, updated_at, completed_at; refs
+        """The work-item search DSL (docs/pingcode.md §8, §10); time fields created_at, updated_at,
+        completed_at; refs
         product.id, state.id, priority.id, assignee.id, tags.id; and properties.*."""
         defs = [d for defs in self.idea_property_defs.values() for d in defs]
         return self._run_search(req, self._visible_ideas, IDEA_SEARCH_FIELDS, defs,
@@ -1724,7 +1740,7 @@ class PingCodeEmulator(Emulator):
                 raise _error(E_MISSING, f"'{key}'不能为空")
         if body["principal_type"] == "work_item":
             self._require_item(body["principal_id"])
-        elif body["principal_type"] == "idea":  # ref §5
+        elif body["principal_type"] == "idea":  # docs/pingcode.md §11
             self._require_idea(body["principal_id"])
         comment = {"id": self._hex(), "principal_type": body["principal_type"],
                    "principal_id": body["principal_id"], "content": body["content"],
