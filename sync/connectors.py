@@ -98,12 +98,15 @@ class Requirement:
 
 @dataclass
 class NewRequirement:
-    """What the engine asks a tracker to create. ``marker`` must be findable by ``find_by_marker``."""
+    """What the engine asks a tracker to create. ``marker`` must be findable by ``find_by_marker``,
+    and so must each of ``markers`` (every deal the requirement is created for; the
+    description's deal-context block carries them all)."""
 
     title: str
     description: str
     fields: dict[str, str | None]
     marker: str
+    markers: tuple[str, ...] = ()
 
 
 @dataclass

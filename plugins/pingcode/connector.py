@@ -6,8 +6,8 @@ absolute ``expires_in``), the error codes, paging, the day-granular incremental 
 caching names until a write fails on a stale id. A small strategy object owns what differs by
 kind (``WorkItems``, ``Ideas``): where the items, states and priorities are, how the project or
 Ship product is found, what an item's delivery is, and how a state is reached (a work item walks
-its state flows; an idea has no flow endpoint and moves in one PATCH). Facts are from
-``reference/pingcode.md``, cited as "ref §n".
+its state flows; an idea has no flow endpoint and moves in one PATCH). Vendor facts are cited
+from ``docs/pingcode.md``.
 """
 
 from __future__ import annotations
@@ -31,24 +31,27 @@ from sync.http import Auth, HttpClient, RefreshingToken, body_code, default_erro
 
 log = logging.getLogger("dealsync.pingcode")
 
-PREFIXES = ("/v1/pjm", "/v1/project")  # ref §0: current docs vs. what working clients still use
-SHIP_PREFIX = "/v1/ship"  # ref §0, §4: Ship has one prefix; /v1/project was Agile's old one
-PAGE_SIZE = 100  # ref §6: the maximum
-# ref §3.5: time filters are evaluated per day; the reference does not say in which zone, and
-# PingCode is a Chinese service, so day boundaries and printed dates are Beijing time.
+# Current docs vs. what working clients still use (docs/pingcode.md §2).
+PREFIXES = ("/v1/pjm", "/v1/project")
+# Ship has one prefix; /v1/project was Agile's old one (docs/pingcode.md §2, §10).
+SHIP_PREFIX = "/v1/ship"
+PAGE_SIZE = 100  # the maximum (docs/pingcode.md §12)
+# Time filters are evaluated per day (docs/pingcode.md §8); PingCode does not say in which zone,
+# and it is a Chinese service, so day boundaries and printed dates are Beijing time.
 PINGCODE_TZ = ZoneInfo("Asia/Shanghai")
-TOKEN_LIFETIME_S = 30 * 86400.0  # ref §1.1
-TOKEN_EARLY_S = 86400.0  # ref §10.2: refresh a day before the token expires
-STATE_TYPES = ["pending", "in_progress", "completed", "closed"]  # ref §3.6; Ship alike (ref §4)
+TOKEN_LIFETIME_S = 30 * 86400.0  # docs/pingcode.md §3.1
+TOKEN_EARLY_S = 86400.0  # refresh a day before the token expires (docs/pingcode.md §15.2)
+# State categories, the same for work items and Ship ideas (docs/pingcode.md §9, §10).
+STATE_TYPES = ["pending", "in_progress", "completed", "closed"]
 READ_ONLY_FIELDS = ("delivery", "state_type")
 
-# ref §7: codes that mean "this request refers to something that is not (or no longer) there";
-# a write failing with one of them may have used a stale cached id.
+# Codes that mean "this request refers to something that is not (or no longer) there"
+# (docs/pingcode.md §13); a write failing with one of them may have used a stale cached id.
 STALE_ID_CODES = frozenset({"100303", "100003", "100039", "100043", "100044"})
 ITEM_ERROR_CODES = frozenset({"100303", "100043", "100044", "100008", "100003", "100039"})
-NOT_FOUND_CODES = frozenset({"100317", "100725"})  # work item, idea (ref §7)
-# ref §4, §7: Ship answers 100702 or 100719 both for a state that does not exist and for an
-# existing state its plan does not allow; Agile answers 100379 for a missing flow.
+NOT_FOUND_CODES = frozenset({"100317", "100725"})  # work item, idea (docs/pingcode.md §13)
+# Ship answers 100702 or 100719 both for a state that does not exist and for an existing state
+# its plan does not allow; Agile answers 100379 for a missing flow (docs/pingcode.md §10, §13).
 SHIP_STATE_CODES = frozenset({"100702", "100719"})
 TRANSITION_CODES = frozenset({"100379"}) | SHIP_STATE_CODES
 
@@ -56,8 +59,8 @@ T = TypeVar("T")
 
 
 def map_error(response: requests.Response) -> DealsyncError:
-    """PingCode errors by ``code`` first, HTTP status second (ref §7). The code is kept on the
-    error as ``.code`` so callers can tell a stale id from other refusals."""
+    """PingCode errors by ``code`` first, HTTP status second (docs/pingcode.md §13). The code
+    is kept on the error as ``.code`` so callers can tell a stale id from other refusals."""
     code = body_code(response)
     message = describe(response)
     error: DealsyncError
@@ -78,8 +81,8 @@ def map_error(response: requests.Response) -> DealsyncError:
                                           "lower rate_limits.default if other tools share it",
                             status=429, code=code)
     elif response.status_code == 404:
-        # ref §7: PingCode answers not-found with 400; a 404 means the URL itself is wrong, and
-        # must never read as "the record is gone".
+        # PingCode answers not-found with 400 (docs/pingcode.md §13); a 404 means the URL
+        # itself is wrong, and must never read as "the record is gone".
         error = RemoteError(message, hint="check base_url of this instance (and, for work "
                                           "items, path_prefix: /v1/pjm or /v1/project)",
                             status=404, code=code)
@@ -94,7 +97,8 @@ def error_code(exc: Exception) -> str | None:
 
 
 def from_epoch(value: Any) -> datetime | None:
-    """PingCode prints 10-digit unix seconds (ref §2); be lenient with milliseconds."""
+    """PingCode prints 10-digit unix seconds (docs/pingcode.md §2); be lenient with
+    milliseconds."""
     if value in (None, "", 0):
         return None
     seconds = float(value)
@@ -117,7 +121,8 @@ def values_of(page: Any) -> list[dict[str, Any]]:
 
 
 def ref_id(value: Any) -> str | None:
-    """The id of a reference that may be a bare string or an object (ref §3.2: ``type``)."""
+    """The id of a reference that may be a bare string or an object (``type``,
+    docs/pingcode.md §5)."""
     return value.get("id") if isinstance(value, dict) else value
 
 
@@ -147,6 +152,7 @@ class Workflow:
     # from state id -> to state ids; None when the kind has no flow endpoint (Ship ideas)
     flows: dict[str, set[str]] | None = None
     marker_property: str | None = None  # property id
+    key_prefix: str | None = None  # the project or product identifier: keys are SCR-12
 
     def state_name(self, state_id: str) -> str:
         return next((n for n, s in self.states.items() if s["id"] == state_id), state_id)
@@ -159,8 +165,9 @@ class Workflow:
 
 
 class _Credentials(Auth):
-    """The token endpoint takes the app's credentials as query parameters (ref §1.1); this only
-    tells the HTTP client which values to keep out of logs and errors."""
+    """The token endpoint takes the app's credentials as query parameters
+    (docs/pingcode.md §3.1); this only tells the HTTP client which values to keep out of logs
+    and errors."""
 
     def __init__(self) -> None:
         self.client_secret = ""
@@ -174,7 +181,8 @@ class PingCodeConnector(TrackerConnector):
     summary = "PingCode Agile work items or Ship ideas (Open API, enterprise token)"
     secrets = (SecretSpec("client_id", "PingCode app client_id (企业后台 → 凭据管理)"),
                SecretSpec("client_secret", "PingCode app client_secret"))
-    default_rate_limits = {"default": RateLimit(200, 60)}  # ref §7: 200/min per identity
+    # 200/min per identity (docs/pingcode.md §13)
+    default_rate_limits = {"default": RateLimit(200, 60)}
     batch_size = 1
     settings_help = {
         "base_url": "API root, default https://open.pingcode.com (self-hosted: https://HOST/open)",
@@ -237,8 +245,9 @@ class PingCodeConnector(TrackerConnector):
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _fetch_token(self) -> tuple[str, float]:
-        """ref §1.1: GET with query parameters; ``expires_in`` is an absolute epoch when > 1e9,
-        else a duration. Returns the time to renew at: a day early, or half-way for short ones."""
+        """GET with query parameters; ``expires_in`` is an absolute epoch when > 1e9, else a
+        duration (docs/pingcode.md §3.1). Returns the time to renew at: a day early, or half-way
+        for short ones."""
         client_id, secret = self.ctx.secret("client_id"), self.ctx.secret("client_secret")
         self._credentials.client_secret = secret
         body = self._token_http.json("GET", "/v1/auth/token", params={
@@ -254,13 +263,13 @@ class PingCodeConnector(TrackerConnector):
         return self.http.json("GET", self.kind.api + path, params=params or None)
 
     def _all(self, path: str, **params: Any) -> list[dict[str, Any]]:
-        """Every row of a GET list (ref §6)."""
+        """Every row of a GET list (docs/pingcode.md §12)."""
         return list(self._pages(lambda index: self._get(path, **params, page_index=index,
                                                         page_size=PAGE_SIZE)))
 
     def _search(self, filters: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """``POST …/search`` page by page (ref §3.5; Ship ideas take the same DSL, ref §4).
-        Search only reads, so it may be retried after a 5xx."""
+        """``POST …/search`` page by page; Ship ideas take the same DSL
+        (docs/pingcode.md §8, §10). Search only reads, so it may be retried after a 5xx."""
         return self._pages(lambda index: self.http.json(
             "POST", f"{self.kind.api}{self.kind.items}/search", idempotent=True,
             json={"mode": "query", "payload": {"filter": filters, "page_size": PAGE_SIZE,
@@ -268,8 +277,9 @@ class PingCodeConnector(TrackerConnector):
 
     @staticmethod
     def _pages(page: Callable[[int], Any]) -> Iterator[dict[str, Any]]:
-        """The rows of a paged list (ref §6): ``page_index`` from 0, PAGE_SIZE rows a page, until
-        a short page or ``total``. Some configuration endpoints answer a bare list: one page."""
+        """The rows of a paged list (docs/pingcode.md §12): ``page_index`` from 0, PAGE_SIZE
+        rows a page, until a short page or ``total``. Some configuration endpoints answer a
+        bare list: one page."""
         index = 0
         while True:
             body = page(index)
@@ -291,16 +301,18 @@ class PingCodeConnector(TrackerConnector):
 
     # -- names to ids -----------------------------------------------------------------------------
     def workflow(self) -> Workflow:
-        """Scope, states, flows, priorities and the marker property, resolved by name (ref §10.3;
-        per product for ideas, ref §4) and cached until a write fails on a stale id."""
+        """Scope, states, flows, priorities and the marker property, resolved by name (per
+        product for ideas) and cached until a write fails on a stale id
+        (docs/pingcode.md §15.3, §10)."""
         if self._workflow is None:
             self._workflow = self.kind.load_workflow()
         return self._workflow
 
     def _with_fresh_ids(self, operation: Callable[[Workflow], T]) -> T:
         """Run ``operation``; if it fails on what may be a stale cached id or flow, drop the
-        cache, read the names again and run it once more (ref §10.3). Ship's 100702/100719 also
-        mean "no such state" (ref §7), so they earn a fresh look too."""
+        cache, read the names again and run it once more (docs/pingcode.md §15.3). Ship's
+        100702/100719 also mean "no such state" (docs/pingcode.md §13), so they earn a fresh
+        look too."""
         cached = self._workflow is not None
         try:
             return operation(self.workflow())
@@ -346,16 +358,17 @@ class PingCodeConnector(TrackerConnector):
             id=raw["id"], key=raw["identifier"], title=raw.get("title") or "",
             description=raw.get("description") or "", url=raw.get("html_url") or raw.get("url"),
             updated_at=from_epoch(raw["updated_at"]),  # type: ignore[arg-type]
+            created_at=from_epoch(raw.get("created_at")),
             fields={"status": state.get("name"), "state_type": state.get("type"),
                     "priority": name_of(raw.get("priority")),
                     "delivery": self.kind.delivery(raw)})
 
     # -- reading ----------------------------------------------------------------------------------
     def iter_changed(self, since: datetime | None, until: datetime) -> Iterator[Requirement]:
-        """ref §6 recipe: search ``updated_at gte`` the start of ``since``'s day (the filter is
-        day-granular, ref §3.5; Ship's ``updated_at`` is a time field of the same DSL, ref §4),
-        drop what is older than ``since`` or newer than ``until``, and de-duplicate by
-        (id, updated_at) because offset paging over unsorted, changing rows can repeat them."""
+        """Search ``updated_at gte`` the start of ``since``'s day (the filter is day-granular;
+        Ship's ``updated_at`` is a time field of the same DSL), drop what is older than ``since``
+        or newer than ``until``, and de-duplicate by (id, updated_at) because offset paging over
+        unsorted, changing rows can repeat them (docs/pingcode.md §12; also §8, §10)."""
         wf = self.workflow()
         filters: dict[str, Any] = dict(wf.scope_filter)
         if wf.type_id is not None:
@@ -377,10 +390,13 @@ class PingCodeConnector(TrackerConnector):
         for req_id in ids:
             try:
                 raw = self._get_item(req_id)
-            except NotFound:  # ref §7: 100317 (deleted included) or 100725
+            except NotFound:  # 100317 (deleted included) or 100725 (docs/pingcode.md §13)
                 continue
             found[req_id] = self._requirement(raw)
         return found
+
+    def key_prefix(self) -> str | None:
+        return self.workflow().key_prefix
 
     def find_by_key(self, key: str) -> Requirement | None:
         wf = self.workflow()
@@ -390,7 +406,8 @@ class PingCodeConnector(TrackerConnector):
         return self._requirement(match) if match else None
 
     def find_by_marker(self, marker: str) -> Requirement | None:
-        """Search the marker property when configured, else the description (ref §10.6).
+        """Search the marker property when configured, else the description
+        (docs/pingcode.md §15.6).
         ``contains`` is a substring test, so ``…:D-1`` also finds ``…:D-10``: compare exactly."""
         wf = self.workflow()
         filters: dict[str, Any] = dict(wf.scope_filter)
@@ -401,11 +418,34 @@ class PingCodeConnector(TrackerConnector):
         matches = [raw for raw in self._search(filters) if self._carries(raw, marker, wf)]
         if not matches:
             return None
-        return self._requirement(min(matches, key=lambda r: (r.get("created_at") or 0, r["id"])))
+        return self._requirement(min(matches, key=_oldest))
+
+    def find_by_markers(self, markers: list[str], prefix: str,
+                        marked: int) -> dict[str, Requirement]:
+        """One search per marker, or, when that would cost more, one paged search for every
+        item carrying the pair's ``prefix`` (in the description, and in the marker property
+        where configured), matched exactly per marker afterwards."""
+        wf = self.workflow()
+        fields = ["description"] + ([f"properties.{wf.marker_property}"]
+                                    if wf.marker_property else [])
+        scan_calls = len(fields) * (marked // PAGE_SIZE + 1)
+        if scan_calls >= len(markers):
+            return super().find_by_markers(markers, prefix, marked)
+        rows: dict[str, dict[str, Any]] = {}
+        for name in fields:
+            for raw in self._search({**wf.scope_filter, name: {"contains": prefix}}):
+                rows.setdefault(raw["id"], raw)
+        found: dict[str, Requirement] = {}
+        for raw in sorted(rows.values(), key=_oldest):
+            for marker in markers:
+                if marker not in found and self._carries(raw, marker, wf):
+                    found[marker] = self._requirement(raw)
+        return found
 
     @staticmethod
     def _carries(raw: dict[str, Any], marker: str, wf: Workflow) -> bool:
-        if wf.marker_property and (raw.get("properties") or {}).get(wf.marker_property) == marker:
+        if wf.marker_property and has_marker((raw.get("properties") or {})
+                                             .get(wf.marker_property), marker):
             return True
         return has_marker(raw.get("description"), marker)
 
@@ -421,9 +461,9 @@ class PingCodeConnector(TrackerConnector):
 
     # -- writing ----------------------------------------------------------------------------------
     def create(self, new: NewRequirement) -> Requirement:
-        """ref §3.3 and §4. A create refused with a 400 did not happen, so it may be re-sent
-        once with fresh ids; anything ambiguous is never re-sent (``sync.http``). What the create
-        cannot carry (any status; an idea's priority) is PATCHed right after it."""
+        """docs/pingcode.md §6, §10. A create refused with a 400 did not happen, so it may be
+        re-sent once with fresh ids; anything ambiguous is never re-sent (``sync.http``). What the
+        create cannot carry (any status; an idea's priority) is PATCHed right after it."""
         fields = dict(new.fields)
         status = fields.pop("status", None)
         self._check_writable(fields, new.title)
@@ -435,7 +475,7 @@ class PingCodeConnector(TrackerConnector):
             if priority_id and self.kind.create_takes_priority:
                 body["priority_id"] = priority_id
             if wf.marker_property:
-                body["properties"] = {wf.marker_property: new.marker}
+                body["properties"] = {wf.marker_property: " ".join(new.markers or (new.marker,))}
             return self.http.json("POST", f"{self.kind.api}{self.kind.items}", json=body)
 
         raw = self._with_fresh_ids(send)
@@ -469,8 +509,9 @@ class PingCodeConnector(TrackerConnector):
                     or (priority and priority != name_of(raw.get("priority"))))
 
     def update(self, req_id: str, change: RequirementChange) -> Requirement:
-        """ref §3.4 and §4. A status change is checked before the first PATCH where the kind
-        allows, and the other changes ride on the first PATCH, so a refusal changes nothing."""
+        """docs/pingcode.md §7, §10. A status change is checked before the first PATCH where the
+        kind allows, and the other changes ride on the first PATCH, so a refusal changes
+        nothing."""
         fields = dict(change.fields)
         status = fields.pop("status", None)
         self._check_writable(fields, change.title)
@@ -581,13 +622,13 @@ class ItemKind:
 
 
 class WorkItems(ItemKind):
-    """Agile work items of one type in one project (ref §3)."""
+    """Agile work items of one type in one project (docs/pingcode.md §4 to §9)."""
 
     name = "work_item"
     noun = "work item"
     scope_setting = "project"
     items = "/work_items"
-    create_takes_priority = True  # ref §3.3
+    create_takes_priority = True  # docs/pingcode.md §6
     delivery_source = "the planned version and end date"
 
     def __init__(self, conn: PingCodeConnector, api: str):
@@ -613,7 +654,7 @@ class WorkItems(ItemKind):
                 flows.setdefault(flow["from_state"]["id"], set()).add(flow["to_state"]["id"])
         workflow = Workflow(pid, f"{project['identifier']}/{type_id}", states, priorities,
                             scope_filter={"project.id": {"in": [pid]}}, type_id=type_id,
-                            flows=flows)
+                            flows=flows, key_prefix=project["identifier"])
         if conn.settings.get("marker_property"):
             props = conn._all("/work_item/properties", project_id=pid, work_item_type_id=type_id)
             workflow.marker_property = conn._marker_property(
@@ -679,8 +720,8 @@ class WorkItems(ItemKind):
 
     def move(self, wf: Workflow, raw: dict[str, Any], target_name: str,
              body: dict[str, Any]) -> dict[str, Any]:
-        """Walk the state flows one allowed transition at a time (ref §3.4, §3.6). Raises
-        ``TransitionError`` before any PATCH if no path exists."""
+        """Walk the state flows one allowed transition at a time (docs/pingcode.md §7, §9).
+        Raises ``TransitionError`` before any PATCH if no path exists."""
         target = self.conn._state(wf, target_name)["id"]
         current = (raw.get("state") or {}).get("id")
         path = wf.path(current, target)
@@ -707,26 +748,29 @@ class WorkItems(ItemKind):
 
 
 class Ideas(ItemKind):
-    """Ship ideas (需求, customer demands) of one product (ref §4)."""
+    """Ship ideas (需求, customer demands) of one product (docs/pingcode.md §10)."""
 
     name = "idea"
     noun = "idea"
     scope_setting = "product"
     items = "/ideas"
-    create_takes_priority = False  # ref §4: "No state or priority on create; PATCH them"
-    title_limit = 255  # ref §4
+    # No state or priority on create: PATCH them afterwards (docs/pingcode.md §10).
+    create_takes_priority = False
+    title_limit = 255  # docs/pingcode.md §10
     delivery_source = "the idea's plan (排期) and planned time (plan_at)"
 
     def load_workflow(self) -> Workflow:
-        """States and priorities are per product (ref §4). There are no flows to read: "Ideas
-        have no flow endpoint" (ref §4), so ``flows`` stays None and ``move`` asks Ship."""
+        """States and priorities are per product, and there are no flows to read: ideas have
+        no flow endpoint (docs/pingcode.md §10), so ``flows`` stays None and ``move`` asks
+        Ship."""
         conn = self.conn
         product = self._product()
         pid = product["id"]
         states = {s["name"]: s for s in conn._all("/idea/states", product_id=pid)}
         priorities = {p["name"]: p for p in conn._all("/idea/priorities", product_id=pid)}
         workflow = Workflow(pid, product["identifier"], states, priorities,
-                            scope_filter={"product.id": {"in": [pid]}}, flows=None)
+                            scope_filter={"product.id": {"in": [pid]}}, flows=None,
+                            key_prefix=product["identifier"])
         if conn.settings.get("marker_property"):
             props = conn._all("/idea/properties", product_id=pid)
             workflow.marker_property = conn._marker_property(
@@ -735,8 +779,9 @@ class Ideas(ItemKind):
         return workflow
 
     def _product(self) -> dict[str, Any]:
-        """ref §4: the product list filters by ``keywords`` and dates only, not by identifier,
-        so read it (products are few) and match the identifier or id exactly."""
+        """The product list filters by ``keywords`` and dates only, not by identifier
+        (docs/pingcode.md §10), so read it (products are few) and match the identifier or id
+        exactly."""
         conn = self.conn
         wanted = str(conn.settings["product"])
         products = conn._all("/products")
@@ -749,9 +794,9 @@ class Ideas(ItemKind):
         return match
 
     def rows_for_key(self, wf: Workflow, key: str) -> list[dict[str, Any]]:
-        """ref §4: the idea list has no identifier filter; ``keywords`` matches the idea number
-        (需求编号) and the title per the D-old page §4 cites, so titles mentioning the key come
-        back too and the connector keeps only the exact identifier."""
+        """The idea list has no identifier filter; ``keywords`` matches the idea number
+        (需求编号) and the title (docs/pingcode.md §10), so titles mentioning the key come back
+        too and the connector keeps only the exact identifier."""
         return self.conn._all("/ideas", product_id=wf.scope_id, keywords=key)
 
     def create_body(self, wf: Workflow, new: NewRequirement) -> dict[str, Any]:
@@ -759,8 +804,8 @@ class Ideas(ItemKind):
 
     def delivery(self, raw: dict[str, Any]) -> str | None:
         """"2025 Q2 版本 (2025-06-30)": the plan (排期) the idea is scheduled in and the end of
-        its planned time ``plan_at.to``, either alone. §4 shows ``plan_at{from,to,granularity}``
-        but elides ``plan``; the D-old page it cites shows ``plan{id,url,name}``. The end is
+        its planned time ``plan_at.to``, either alone: ``plan{id,url,name}`` and
+        ``plan_at{from,to,granularity}`` in the idea shape (docs/pingcode.md §10). The end is
         printed as a day whatever the granularity (year, quarter, month, day): it is the last
         second of the period, so its date is the period's last day."""
         plan = name_of(raw.get("plan")) or ""
@@ -768,10 +813,10 @@ class Ideas(ItemKind):
 
     def move(self, wf: Workflow, raw: dict[str, Any], target_name: str,
              body: dict[str, Any]) -> dict[str, Any]:
-        """One PATCH with ``state_id`` and ``body``. Ship publishes no idea flows (ref §4: "Ideas
-        have no flow endpoint"), so every listed state is a candidate and Ship is the judge: it
-        refuses a state its plan does not allow with 100702/100719, atomically (ref §4, §7,
-        §10.4). That refusal becomes a TransitionError naming both states."""
+        """One PATCH with ``state_id`` and ``body``. Ship publishes no idea flows, so every
+        listed state is a candidate and Ship is the judge: it refuses a state its plan does not
+        allow with 100702/100719, atomically (docs/pingcode.md §10, §13, §15.4). That refusal
+        becomes a TransitionError naming both states."""
         target = self.conn._state(wf, target_name)["id"]
         current = (raw.get("state") or {}).get("id")
         patch = dict(body)
@@ -794,3 +839,8 @@ class Ideas(ItemKind):
                 f"states and state plan of product {wf.where} in Ship, or move the idea by hand")
             error.code = error_code(exc)  # type: ignore[attr-defined]  # for _with_fresh_ids
             raise error from None
+
+
+def _oldest(raw: dict[str, Any]) -> tuple[Any, str]:
+    """Where several items carry one marker, the first one created is the one dealsync made."""
+    return (raw.get("created_at") or 0, raw["id"])

@@ -57,7 +57,7 @@ class CreateRequirement(Action):
     shared_title: str  # normalised: later identical requests join this requirement
     description: str
     fields: tuple[tuple[str, Value], ...]
-    marker: str  # the first deal's; the block carries every deal's marker
+    markers: tuple[str, ...]  # one per deal, the first deal's first
 
     def describe(self) -> str:
         first = _deal(self.deal_ids[0], self.deal_names[0])
@@ -109,6 +109,7 @@ class ReportProblem(Action):
     message: str
     hint: str
     retryable: bool
+    key: str = ""  # for "missing_key": the key named
 
     def describe(self) -> str:
         return f"report: {self.message}"

@@ -82,13 +82,24 @@ class Applier:
     def links(self, actions: list[Action], view: View) -> list[Link]:
         """Creates and links, each stored as it is confirmed; returns the new links."""
         made: list[Link] = []
+        created: dict[str, Requirement] = {}  # by key: a deal may name one created just now
         for step, action in enumerate(actions, 1):
             if isinstance(action, ReportProblem):
-                self.report(action)
+                req = created.get(action.key)
+                if req is None:
+                    self.report(action)
+                elif action.deal_id not in {l.deal_id for l in made if l.req_id == req.id}:
+                    deal = view.deals[action.deal_id]
+                    made.append(self._link(LinkRequirement(
+                        deal.id, deal.name, req.id, req.key, req.url, req.title,
+                        created_at(req), "named"), view))
             elif isinstance(action, LinkRequirement):
                 made.append(self._link(action, view))
             elif isinstance(action, CreateRequirement):
-                made += self._create(action, view)
+                links = self._create(action, view)
+                made += links
+                if links:
+                    created[links[0].req_key] = view.reqs[links[0].req_id]
             self.progress("links made", step)
         return made
 
@@ -108,8 +119,9 @@ class Applier:
     def _create(self, action: CreateRequirement, view: View) -> list[Link]:
         first = action.deal_ids[0]
         # The intent is stored before the create: after a crash the marker is looked for.
-        self.store.add_intent(self.name, first, action.marker, action.shared_title)
-        new = NewRequirement(action.title, action.description, dict(action.fields), action.marker)
+        self.store.add_intent(self.name, first, action.markers[0], action.shared_title)
+        new = NewRequirement(action.title, action.description, dict(action.fields),
+                             action.markers[0], action.markers)
         req = self.guarded(lambda: self.pair.tracker.create(new), "create", [(first, "")])
         if req is None:
             return []

@@ -2,8 +2,10 @@
 
 - ``max_creates``: a run that would create more requirements than this stops (a widened
   selection must not flood a product manager's tracker). The first run of a new pair says so.
-- ``max_change_share``: a run that would change or orphan more than this share of the existing
-  links stops, once there are ``guard_min_links`` of them. New links do not count.
+- ``max_change_share``: a run that would change or orphan more than this share of the
+  established links stops, once there are ``guard_min_links`` of them. A link is established
+  once both sides agreed on a value (it has a base); new links, and links whose first sync a
+  killed run left unfinished, do not count.
 
 A guard that trips raises ``SafetyStop`` (exit code 5) naming the number and the way past it;
 ``--force`` goes past every guard; a dry run shows the plan with the stop instead of raising.
@@ -56,7 +58,9 @@ def _creates(actions: list[Action], limits: Limits) -> tuple[str, str] | None:
 
 def _share(actions: list[Action], view: View, limits: Limits,
            existing_seq: int) -> tuple[str, str] | None:
-    existing = [link for link in view.links if link.seq <= existing_seq and not link.orphaned]
+    agreed = {(deal_id, req_id) for deal_id, req_id, _field in view.bases}
+    existing = [link for link in view.links if link.seq <= existing_seq and not link.orphaned
+                and (link.deal_id, link.req_id) in agreed]
     if len(existing) < limits.guard_min_links or not existing:
         return None
     affected: set[tuple[str, str]] = set()

@@ -91,24 +91,27 @@ def create_groups(view: View, ctx: PlanContext) -> dict[str, list[tuple[Deal, Pa
 
 
 def plan_links(view: View, ctx: PlanContext) -> list[Action]:
-    """Phase one: links to existing requirements, problems, then creates."""
-    actions: list[Action] = []
-    for deal, parsed, links in _requesting(view, ctx):
-        linked_ids = {link.req_id for link in links}
-        for key in _new_keys(parsed, links):
+    """Phase one, in the order it is applied: creates (and the links that stand for them),
+    links to the requirements requests name, then keys that name nothing."""
+    creates: list[Action] = []
+    for title, members in create_groups(view, ctx).items():
+        creates += _plan_group(view, ctx, title, members)
+    links: list[Action] = []
+    problems: list[Action] = []
+    for deal, parsed, current in _requesting(view, ctx):
+        linked_ids = {link.req_id for link in current}
+        for key in _new_keys(parsed, current):
             req = view.live_key(key) or view.keys.get(key)
             if req is None:
-                actions.append(ReportProblem(
+                problems.append(ReportProblem(
                     "missing_key", deal.id, "",
                     f"deal {deal.id} ({deal.name}) names {key}, which does not exist in "
                     f"{ctx.tracker!r}", "fix the key in the deal's request; it is retried on "
-                    "its own, and never turned into a new requirement", retryable=True))
+                    "its own, and never turned into a new requirement", True, key))
             elif req.id not in linked_ids:
                 linked_ids.add(req.id)
-                actions.append(_link(deal, req, "named"))
-    for title, members in create_groups(view, ctx).items():
-        actions += _plan_group(view, ctx, title, members)
-    return actions
+                links.append(_link(deal, req, "named"))
+    return creates + links + problems
 
 
 def _link(deal: Deal, req: Requirement, via: str, title: str = "") -> LinkRequirement:
@@ -139,7 +142,7 @@ def _plan_group(view: View, ctx: PlanContext, title: str,
                               parsed.title or "", title,
                               f"{text}\n{block}" if text else block,
                               tuple(sorted(initial_fields(ctx.mapping, first).items())),
-                              markers[0])]
+                              tuple(markers))]
 
 
 def initial_fields(mapping: Mapping, deal: Deal) -> dict[str, str | None]:

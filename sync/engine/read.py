@@ -186,7 +186,7 @@ class Reader:
         """Read once more, by id, the records about to be written that only a search showed;
         return how many had moved (then phase two is planned again on the fresh values).
 
-        A CRM's search can lag behind its records (HubSpot's index does, see docs/hubspot.md),
+        A CRM's search can lag behind its records (HubSpot's index does, docs/hubspot.md §7),
         and a long run leaves minutes between a read and a write: planning on a stale copy
         would overwrite a newer edit with a value that then looks like the base.
         """
