@@ -215,3 +215,30 @@ def test_an_internal_error_is_reported_without_a_traceback(workdir, monkeypatch)
     assert result.exit_code == 1
     assert "internal error: KeyError" in result.stderr and "--debug" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_max_creates_stops_with_exit_5_naming_the_number_and_the_flag(workdir):
+    config = workdir / "dealsync.toml"
+    config.write_text(config.read_text() + "max_creates = 1\n")
+    result = invoke(workdir, "sync")
+    assert result.exit_code == 5
+    assert "would create 2 requirements" in result.stderr
+    assert "max_creates = 1" in result.stderr and "--force" in result.stderr
+    assert not (workdir / "tracker.json").exists() or load(workdir, "tracker.json").items == {}
+    forced = invoke(workdir, "sync", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert len(load(workdir, "tracker.json").items) == 2
+
+
+def test_dry_run_json_lists_the_actions_and_writes_nothing(workdir):
+    result = invoke(workdir, "sync", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    (pair,) = json.loads(result.stdout)["pairs"]
+    assert pair["status"] == "dry-run"
+    assert [(a["action"], a["deal_ids"]) for a in pair["actions"]] == [
+        ("create_requirement", ["d1"]), ("create_requirement", ["d2"])]
+    assert pair["plan"][0] == "create requirement 'SSO' for deal d1 (Acme)"
+    assert not (workdir / "tracker.json").exists()
+    text = invoke(workdir, "sync", "--dry-run").output
+    assert "would create requirement 'SSO' for deal d1 (Acme)" in text
+    assert "phase two waits for 'SSO' to be created" in text

@@ -4,8 +4,8 @@
   selection must not flood a product manager's tracker). The first run of a new pair says so.
 - ``max_change_share``: a run that would change or orphan more than this share of the
   established links stops, once there are ``guard_min_links`` of them. A link is established
-  once both sides agreed on a value (it has a base); new links, and links whose first sync a
-  killed run left unfinished, do not count.
+  once both sides agreed on every mirrored field (it has a base for each); new links, and
+  links whose first sync a killed run left unfinished, do not count.
 
 A guard that trips raises ``SafetyStop`` (exit code 5) naming the number and the way past it;
 ``--force`` goes past every guard; a dry run shows the plan with the stop instead of raising.
@@ -29,6 +29,7 @@ class Limits:
     max_change_share: float
     guard_min_links: int
     first_run: bool
+    fields: tuple[str, ...]  # the mirrored fields: a link with a base for each is established
 
 
 def judge(actions: list[Action], view: View, limits: Limits, *, existing_seq: int,
@@ -58,9 +59,9 @@ def _creates(actions: list[Action], limits: Limits) -> tuple[str, str] | None:
 
 def _share(actions: list[Action], view: View, limits: Limits,
            existing_seq: int) -> tuple[str, str] | None:
-    agreed = {(deal_id, req_id) for deal_id, req_id, _field in view.bases}
     existing = [link for link in view.links if link.seq <= existing_seq and not link.orphaned
-                and (link.deal_id, link.req_id) in agreed]
+                and all((link.deal_id, link.req_id, name) in view.bases
+                        for name in limits.fields)]
     if len(existing) < limits.guard_min_links or not existing:
         return None
     affected: set[tuple[str, str]] = set()

@@ -170,7 +170,8 @@ class Run:
     def _judge(self, actions: list[Action], view: View, existing_seq: int) -> None:
         limits = guards.Limits(self.pair.name, self.pair.tracker.name, self.pair.max_creates,
                                self.pair.max_change_share, self.pair.guard_min_links,
-                               first_run=existing_seq == 0)
+                               first_run=existing_seq == 0,
+                               fields=tuple(f.name for f in self.pair.mapping.synced_fields()))
         for warning in guards.judge(actions, view, limits, existing_seq=existing_seq,
                                     force=self.options.force, dry_run=self.options.dry_run):
             if warning not in self.warnings:

@@ -1,0 +1,95 @@
+"""SIGKILL in the middle of applying a 2,000-deal run against both emulators: the rerun
+writes only what was left, counted from the emulators' request logs (docs/engine.md, "Steps
+that stick")."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from plugins.hubspot.emulator import HubSpotEmulator
+from plugins.pingcode.emulator import PingCodeEmulator
+from sync.demo import CONFIG_TEMPLATE, secrets
+
+DEALS = 2000
+KEYS = ("SCR-1", "SCR-2", "SCR-3")  # seeded in every PingCode emulator
+
+
+def deal_writes(log: list[dict]) -> list[str]:
+    """Deal ids in every batch update the HubSpot emulator received."""
+    return [entry["id"] for request in log
+            if request["method"] == "POST" and request["path"].endswith("/batch/update")
+            for entry in request["body"]["inputs"]]
+
+
+def item_writes(log: list[dict]) -> list[str]:
+    return [request["path"] for request in log if request["method"] == "PATCH"]
+
+
+@pytest.fixture
+def world(tmp_path):
+    hubspot, pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
+    config = tmp_path / "dealsync.toml"
+    config.write_text(CONFIG_TEMPLATE.format(hubspot=hubspot.start(), pingcode=pingcode.start(),
+                                             crm="demo-hubspot", tracker="demo-pingcode",
+                                             pair="kill"))
+    env = {**os.environ, **secrets(), "DEALSYNC_HOME": str(tmp_path / "home")}
+    yield hubspot, pingcode, config, env
+    hubspot.stop()
+    pingcode.stop()
+
+
+def dealsync(config, env, *args):
+    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_rerun_after_sigkill_mid_apply_writes_only_what_was_left(world):
+    hubspot, pingcode, config, env = world
+    assert dealsync(config, env, "check", "--fix").returncode == 0
+    hubspot.seed(deals=[{"properties": {
+        "dealname": f"Deal {n}", "dealstage": "qualifiedtobuy", "amount": str(1000 + n),
+        "dealsync_request": f"{KEYS[n % 3]}, for site {n}"}} for n in range(DEALS)])
+    dispatch = hubspot.dispatch
+
+    def slow_batch_updates(request):  # about 5 s of CRM writes, so the kill lands among them
+        if request.path.endswith("/batch/update"):
+            time.sleep(0.25)
+        return dispatch(request)
+
+    hubspot.dispatch = slow_batch_updates
+    hubspot_start, pingcode_start = len(hubspot.log), len(pingcode.log)
+    proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "-c", str(config), "sync"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(deal_writes(hubspot.log[hubspot_start:])) < 500:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run never reached its CRM writes"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(0.5)  # a batch already sent is still applied by the server
+    before = deal_writes(hubspot.log[hubspot_start:])
+    assert 500 <= len(before) < DEALS and len(set(before)) == len(before)
+    assert len(item_writes(pingcode.log[pingcode_start:])) == len(KEYS)  # blocks came first
+
+    hubspot_mid, pingcode_mid = len(hubspot.log), len(pingcode.log)
+    rerun = dealsync(config, env, "sync", "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    after = deal_writes(hubspot.log[hubspot_mid:])
+    assert len(after) == DEALS - len(before)
+    assert not set(after) & set(before)
+    assert item_writes(pingcode.log[pingcode_mid:]) == []
+    summary = json.loads(rerun.stdout)["pairs"][0]
+    assert summary["counts"]["updated_crm"] == DEALS - len(before)
+    assert summary["counts"]["linked"] == 0 and summary["counts"]["created"] == 0
+    for deal_id in before[:5] + after[-5:]:
+        props = hubspot.deal(deal_id)["properties"]
+        assert props["dealsync_requirement"] in KEYS and props["dealsync_status"]
