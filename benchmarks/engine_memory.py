@@ -36,7 +36,8 @@ def main() -> None:
                        company=f"Company {n % 300}")
     crm = MemoryCRM(InstanceContext("crm", {}, lambda n: ""), world=world)
     tracker = MemoryTracker(InstanceContext("tracker", {}, lambda n: ""), world=world)
-    pair = Pair("bench", crm, tracker, load_mapping(str(MAPPING)), guard_min_links=10**9)
+    pair = Pair("bench", crm, tracker, load_mapping(str(MAPPING)), guard_min_links=10**9,
+                max_creates=10**9)
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(Path(tmp) / "state.db")
         # Every deal is re-read by the second run (all fall inside the lookback window), so it

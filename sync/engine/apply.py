@@ -88,7 +88,7 @@ class Applier:
                 req = created.get(action.key)
                 if req is None:
                     self.report(action)
-                elif action.deal_id not in {l.deal_id for l in made if l.req_id == req.id}:
+                else:  # a deal that names keys is in no create, so this link is new
                     deal = view.deals[action.deal_id]
                     made.append(self._link(LinkRequirement(
                         deal.id, deal.name, req.id, req.key, req.url, req.title,

@@ -37,19 +37,30 @@ log = logging.getLogger("dealsync.engine")
 
 @dataclass(frozen=True)
 class PlanContext:
-    """What the planners need besides the view."""
+    """What the planners need besides the view, and a memo of what they derive per deal (a
+    run asks the same questions of every deal several times)."""
 
     pair: str
     tracker: str  # the tracker instance's name, for messages
     mapping: Mapping
     pattern: KeyPattern
+    _parsed: dict[str, ParsedRequest] = field(default_factory=dict, compare=False, repr=False)
+    _contexts: dict[tuple[str, Any, str | None], dict[str, Any]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def parse(self, deal: Deal) -> ParsedRequest:
-        return parse_request(deal.fields.get(self.mapping.request_field), self.pattern)
+        text = deal.fields.get(self.mapping.request_field) or ""
+        if text not in self._parsed:
+            self._parsed[text] = parse_request(text, self.pattern)
+        return self._parsed[text]
 
     def context_of(self, deal: Deal) -> dict[str, Any]:
-        return deal_context(deal, request_text(deal.fields.get(self.mapping.request_field),
-                                               self.pattern))
+        """The deal as its requirements' blocks show it (a copy the caller may change)."""
+        text = deal.fields.get(self.mapping.request_field)
+        key = (deal.id, deal.updated_at, text)
+        if key not in self._contexts:
+            self._contexts[key] = deal_context(deal, request_text(text, self.pattern))
+        return dict(self._contexts[key])
 
 
 def created_at(req: Requirement) -> str | None:
@@ -59,7 +70,7 @@ def created_at(req: Requirement) -> str | None:
 # -- phase one: links ---------------------------------------------------------------------------
 def _requesting(view: View, ctx: PlanContext) -> list[tuple[Deal, ParsedRequest, list[Link]]]:
     """Selected deals in a stable order, with their parsed request and current links."""
-    by_deal = view.by_deal()
+    by_deal = view.index().by_deal
     return [(deal, ctx.parse(deal), by_deal.get(deal.id, []))
             for deal in sorted(view.deals.values(), key=lambda d: d.id)
             if ctx.mapping.selects(deal.fields)]
@@ -171,8 +182,8 @@ def touched_requirements(view: View, ctx: PlanContext) -> set[str]:
     changes; a record that shows exactly what was last agreed (every mirrored field equal to its
     base, the same deal context) is left alone, so a quiet run writes nothing.
     """
-    primary = view.primary()
-    by_deal, by_req = view.by_deal(), view.by_req()
+    index = view.index()
+    primary, by_deal, by_req = index.primary, index.by_deal, index.by_req
     changed = {req_id for req_id, req in view.reqs.items()
                if req_id in view.forced_reqs
                or not _req_is_quiet(view, ctx, req, by_req.get(req_id, []), primary)}
@@ -276,7 +287,8 @@ class _FieldPlanner:
 
     def __init__(self, view: View, ctx: PlanContext):
         self.view, self.ctx = view, ctx
-        self.primary = view.primary()
+        self.index = view.index()
+        self.primary = self.index.primary
         self.reqs: dict[str, _ReqDraft] = {}
         self.deals: dict[str, _DealDraft] = {}
         self.records: list[Action] = []  # problems, conflicts, agreed bases
@@ -285,7 +297,7 @@ class _FieldPlanner:
         self.open = {(c["req_id"], c["field"]): c for c in view.open_conflicts}
 
     def plan(self, touched: set[str]) -> list[Action]:
-        by_req = self.view.by_req()
+        by_req = self.index.by_req
         for req_id in sorted(touched & set(self.view.reqs)):
             links = by_req.get(req_id, [])
             if links and all((link.orphaned or "").startswith(IDENTITY_CHANGED) for link in links):
@@ -376,7 +388,10 @@ class _FieldPlanner:
         draft.bases.append(row)
         draft.changes.append(f"{fm.crm} {self.view.deals[deal_id].fields.get(fm.crm) or '-'} -> "
                              f"{value or '-'}")
-        if fm.name in self.ctx.mapping.note_fields:
+        # A note tells a deal that already mirrored the field that it moved; a deal just
+        # linked gets its first value without one (12,000 new links are not 12,000 notes).
+        if fm.name in self.ctx.mapping.note_fields and \
+                (deal_id, req.id, fm.name) in self.view.bases:
             draft.notes.append(f"{req.key} {req.title}: {fm.name} is now "
                                f"{merged.tracker_value} ({value})")
         if merged.write_tracker:
@@ -384,10 +399,8 @@ class _FieldPlanner:
 
     def _link_fields(self, touched: set[str]) -> None:
         """Write the requirement keys and the primary URL onto each touched, linked deal."""
-        live: dict[str, list[Link]] = defaultdict(list)
-        for link in self.view.current_links():
-            if not link.orphaned:
-                live[link.deal_id].append(link)
+        live = {deal_id: alive for deal_id, links in self.index.by_deal.items()
+                if (alive := [link for link in links if not link.orphaned])}
         deal_ids = {link.deal_id for link in self.view.links if link.req_id in touched}
         for deal_id in sorted(deal_ids & set(live)):
             deal = self.view.deals.get(deal_id)

@@ -127,23 +127,23 @@ class Run:
         positions = reader.verify_slice(view)
 
         link_actions = self._plan_links(reader, view, ctx)
-        touched = planners.touched_requirements(view, ctx)
-        reader.complete(view, touched)
-        self._judge(link_actions + planners.plan_fields(view, ctx, touched), view, existing_seq)
+        field_actions = self._plan_fields(reader, view, ctx)
+        self._judge(link_actions + field_actions, view, existing_seq)
 
         applier = Applier(self.pair, self.store, ctx, self.counts, self.errors, self._notify,
                           self._progress)
         if self.options.dry_run:
-            view.add_links(preview_links(link_actions, self.pair.name, existing_seq))
+            new_links = preview_links(link_actions, self.pair.name, existing_seq)
             self.waiting = [f"phase two waits for {a.title!r} to be created: its deals "
                             f"({', '.join(a.deal_ids)}) get its key, status and priority then"
                             for a in link_actions if isinstance(a, CreateRequirement)]
         else:
-            view.add_links(applier.links(link_actions, view))
+            new_links = applier.links(link_actions, view)
         self.actions += link_actions
-
-        field_actions = self._plan_fields(reader, view, ctx)
-        self._judge(field_actions, view, existing_seq)
+        if new_links:  # phase two again, with the requirements the new links brought in
+            view.add_links(new_links)
+            field_actions = self._plan_fields(reader, view, ctx)
+            self._judge(field_actions, view, existing_seq)
         self.actions += field_actions
         if self.options.dry_run:
             return "dry-run"

@@ -78,25 +78,16 @@ class View:
                     "this deal was linked to")
         return self.gone.get(("crm", link.deal_id)) or self.gone.get(("tracker", link.req_id))
 
-    def by_deal(self) -> dict[str, list[Link]]:
-        out: dict[str, list[Link]] = defaultdict(list)
-        for link in self.current_links():
-            out[link.deal_id].append(link)
-        return out
-
-    def by_req(self) -> dict[str, list[Link]]:
-        out: dict[str, list[Link]] = defaultdict(list)
-        for link in self.current_links():
-            out[link.req_id].append(link)
-        return out
-
-    def primary(self) -> dict[str, str]:
-        """Each deal mirrors the fields of its first live link (its primary requirement)."""
-        primary: dict[str, str] = {}
+    def index(self) -> "LinkIndex":
+        """The current links by deal and by requirement, and each deal's primary requirement
+        (the first live link: a deal mirrors its fields), in one pass."""
+        index = LinkIndex()
         for link in sorted(self.current_links(), key=lambda link: link.seq):
+            index.by_deal[link.deal_id].append(link)
+            index.by_req[link.req_id].append(link)
             if not link.orphaned:
-                primary.setdefault(link.deal_id, link.req_id)
-        return primary
+                index.primary.setdefault(link.deal_id, link.req_id)
+        return index
 
     def linked_deal_ids(self) -> set[str]:
         return {link.deal_id for link in self.links}
@@ -140,11 +131,20 @@ class View:
                 self.searched_reqs.discard(req.id)
 
 
+@dataclass
+class LinkIndex:
+    by_deal: dict[str, list[Link]] = field(default_factory=lambda: defaultdict(list))
+    by_req: dict[str, list[Link]] = field(default_factory=lambda: defaultdict(list))
+    primary: dict[str, str] = field(default_factory=dict)
+
+
 def identity_changed(link: Link, req: Requirement) -> bool:
     """True if the record under the link's requirement id is not the one that was linked: the
     tracker says it was created at another time (a reset tracker reusing ids, say). Trackers
     store creation times to the second, so a difference under one second is the same record."""
     if link.req_created is None or req.created_at is None:
+        return False
+    if link.req_created == req.created_at.isoformat():
         return False
     linked = datetime.fromisoformat(link.req_created)
     return abs((req.created_at - linked).total_seconds()) >= 1
