@@ -1,0 +1,1 @@
+"""Salesforce: for now only the local REST emulator (``python -m plugins.salesforce.emulator``)."""
