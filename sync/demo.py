@@ -45,8 +45,9 @@ COMPANIES = [
 OWNERS = [("amy@example.com", "Amy", "Chen"), ("ben@example.com", "Ben", "Ortiz"),
           ("chao@example.com", "Chao", "Li"), ("dana@example.com", "Dana", "Weiss")]
 
-# (company index, deal name, stage, amount, request). A request line that is a key (SCR-1)
-# links the existing requirement; otherwise the first line is a new requirement's title.
+# (company index, deal name, stage, amount, request). A request that names a key (SCR-1),
+# alone or in a sentence, links that requirement and creates nothing; otherwise its first line
+# is a new requirement's title, and identical titles share one requirement.
 DEALS = [
     (0, "Acme plant rollout", "contractsent", 180000, "SCR-1"),
     (1, "Globex EU expansion", "qualifiedtobuy", 95000, "SCR-1"),
@@ -64,7 +65,9 @@ DEALS = [
     (10, "Hooli ads team", "qualifiedtobuy", 45000,
      "Dark mode\nTheir designers work at night; <b>please</b> no more white screens."),
     (11, "Vandelay import desk", "appointmentscheduled", 22000,
-     "Excel export of the pipeline\nSee SCR-2 maybe?"),
+     "Same as SCR-2, but for the pipeline view"),
+    (4, "Stark control room", "qualifiedtobuy", 51000,
+     "dark mode\nOperators in the control room asked for it too."),
     (0, "Acme spare parts portal", "closedwon", 30000, "SCR-2"),
     (1, "Globex tender (lost)", "closedlost", 80000, "SCR-2"),
 ]
@@ -204,7 +207,7 @@ DEAL_VIEW = ("dealname", "dealsync_requirement", "dealsync_status", "dealsync_pr
 def _item_moves(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     if old is None:
         return [f"created: {new['title']}"]
-    return [f"{attr} {old[attr]} -> {new[attr]}" for attr in ("status", "priority")
+    return [f"{attr} {old[attr] or '-'} -> {new[attr] or '-'}" for attr in ("status", "priority")
             if old[attr] != new[attr]]
 
 
@@ -246,12 +249,14 @@ def run_sync(config: Config, store: StateStore, progress: Callable[[str, int], N
     finally:
         end_progress(progress)
     counts = summary["counts"]
+    calls = ", ".join(f"{name} {n}" for name, n in summary["api_calls"].items())
     echo(f"  {summary['status']} in {summary['duration_s']:.1f}s: "
          f"{counts['deals_read']} deals and {counts['requirements_read']} requirements read, "
          f"{counts['created']} created, {counts['linked']} linked by key, "
+         f"{counts['joined']} joined an identical request, "
          f"{counts['updated_tracker']} requirements and {counts['updated_crm']} deals updated, "
          f"{counts['conflicts']} conflicts settled, {counts['failures']} failed; "
-         f"API calls {summary['api_calls']}")
+         f"API calls: {calls}")
     return summary
 
 
