@@ -1,9 +1,15 @@
-"""Shared fixtures: a memory world, its two connectors, the test mapping and a state store."""
+"""Shared fixtures: a memory world, its two connectors, the test mapping and a state store;
+the emulators; and a `dealsync` process against both emulators."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import responses
@@ -12,6 +18,7 @@ from plugins.hubspot.emulator import HubSpotEmulator
 from plugins.memory import MemoryCRM, MemoryTracker, World
 from plugins.pingcode.emulator import PingCodeEmulator
 from sync.connectors import InstanceContext
+from sync.demo import CONFIG_TEMPLATE, secrets
 from sync.engine import Options, Pair, run_pair
 from sync.mapping import load_mapping
 from sync.state import StateStore
@@ -82,6 +89,29 @@ def hubspot_server():
 def pingcode_server():
     """One PingCode emulator (virtual clock) per test module; tests reset it as they need."""
     yield from _serve(PingCodeEmulator())
+
+
+@contextmanager
+def process_stack(tmp_path: Path, pair: str) -> Iterator[tuple]:
+    """Both emulators on real time, a dealsync.toml naming them (the demo's template) and the
+    environment a ``dealsync`` process needs: ``(hubspot, pingcode, config, env)``."""
+    hubspot, pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
+    config = tmp_path / "dealsync.toml"
+    config.write_text(CONFIG_TEMPLATE.format(hubspot=hubspot.start(), pingcode=pingcode.start(),
+                                             crm="demo-hubspot", tracker="demo-pingcode",
+                                             pair=pair))
+    env = {**os.environ, **secrets(), "DEALSYNC_HOME": str(tmp_path / "home")}
+    try:
+        yield hubspot, pingcode, config, env
+    finally:
+        hubspot.stop()
+        pingcode.stop()
+
+
+def run_dealsync(config: Path, env: dict, *args: str, timeout: float = 300):
+    """``dealsync -c CONFIG ARGS`` in its own process (so it can be killed like a real one)."""
+    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ free again, and the next runs converge to a quiet state."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -14,10 +13,8 @@ import time
 
 import pytest
 
-from plugins.hubspot.emulator import HubSpotEmulator
-from plugins.pingcode.emulator import PingCodeEmulator
+from conftest import process_stack, run_dealsync
 from sync.connectors import has_marker, make_marker
-from sync.demo import CONFIG_TEMPLATE, secrets
 
 ROUNDS = 6
 PER_ROUND = 8
@@ -25,17 +22,10 @@ PER_ROUND = 8
 
 @pytest.fixture
 def world(tmp_path):
-    hubspot, pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
-    config = tmp_path / "dealsync.toml"
-    config.write_text(CONFIG_TEMPLATE.format(hubspot=hubspot.start(), pingcode=pingcode.start(),
-                                             crm="demo-hubspot", tracker="demo-pingcode",
-                                             pair="crash"))
-    for emulator in (hubspot, pingcode):  # ~15 ms a call, so a run lasts long enough to kill
-        emulator.dispatch = slowed(emulator.dispatch)
-    env = {**os.environ, **secrets(), "DEALSYNC_HOME": str(tmp_path / "home")}
-    yield hubspot, pingcode, config, env
-    hubspot.stop()
-    pingcode.stop()
+    with process_stack(tmp_path, "crash") as (hubspot, pingcode, config, env):
+        for emulator in (hubspot, pingcode):  # ~15 ms a call, so a run lasts long enough to kill
+            emulator.dispatch = slowed(emulator.dispatch)
+        yield hubspot, pingcode, config, env
 
 
 def slowed(dispatch):
@@ -45,9 +35,8 @@ def slowed(dispatch):
     return slow
 
 
-def dealsync(config, env, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+def dealsync(config, env, *args):
+    return run_dealsync(config, env, *args, timeout=120)
 
 
 def test_killed_runs_never_duplicate_and_converge(world):

@@ -5,7 +5,6 @@ that stick")."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,7 @@ import time
 
 import pytest
 
-from plugins.hubspot.emulator import HubSpotEmulator
-from plugins.pingcode.emulator import PingCodeEmulator
-from sync.demo import CONFIG_TEMPLATE, secrets
+from conftest import process_stack, run_dealsync as dealsync
 
 DEALS = 2000
 KEYS = ("SCR-1", "SCR-2", "SCR-3")  # seeded in every PingCode emulator
@@ -34,20 +31,8 @@ def item_writes(log: list[dict]) -> list[str]:
 
 @pytest.fixture
 def world(tmp_path):
-    hubspot, pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
-    config = tmp_path / "dealsync.toml"
-    config.write_text(CONFIG_TEMPLATE.format(hubspot=hubspot.start(), pingcode=pingcode.start(),
-                                             crm="demo-hubspot", tracker="demo-pingcode",
-                                             pair="kill"))
-    env = {**os.environ, **secrets(), "DEALSYNC_HOME": str(tmp_path / "home")}
-    yield hubspot, pingcode, config, env
-    hubspot.stop()
-    pingcode.stop()
-
-
-def dealsync(config, env, *args):
-    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    with process_stack(tmp_path, "kill") as stack:
+        yield stack
 
 
 @pytest.mark.slow
