@@ -61,6 +61,9 @@ class World:
     failing_ids: set[str] = field(default_factory=set)
     outage: set[str] = field(default_factory=set)
     empty: set[str] = field(default_factory=set)
+    # what the tracker cannot change after creation (a tracker like Worktile): field names or
+    # "description"; an update that tries is refused
+    unwritable: set[str] = field(default_factory=set)
     clock: Clock = field(default_factory=Clock)
 
     # -- people acting on the systems (tests and the simulation call these) --------------------
@@ -318,6 +321,11 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
         if raw is None or raw["deleted"]:
             raise ItemError(f"item {req_id} does not exist", retryable=False)
         self._check_fault(req_id)
+        refused = set(change.fields) | ({"description"} if change.description is not None
+                                        else set())
+        if refused & self.world.unwritable:
+            raise ItemError(f"item {req_id}: {', '.join(sorted(refused & self.world.unwritable))}"
+                            " cannot be changed after creation", retryable=False)
         fields = dict(change.fields)
         if "delivery" in fields:
             raise ItemError("delivery is read-only in the tracker", retryable=False)
@@ -357,6 +365,9 @@ class MemoryTracker(_MemoryBase, TrackerConnector):
 
     def field_values(self, field_name: str) -> list[str] | None:
         return {"status": self.world.states, "priority": self.world.priorities}.get(field_name)
+
+    def can_write(self, what: str) -> bool:
+        return what not in self.world.unwritable
 
 
 @hookimpl

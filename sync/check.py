@@ -32,6 +32,19 @@ def check_pair(pair_config: PairConfig, built: Pair, fix: bool,
                         f"{built.crm.type_name} connector cannot write deal notes")
     crm_options = {f.crm: built.crm.field_options(f.crm) for f in mapping.fields}
     problems += mapping.coverage_problems(tracker_values, crm_options)
+    problems += unwritable_problems(pair_config, built)
     if not problems:
         echo(f"{pair_config.name}: ok ({mapping.source})")
     return problems
+
+
+def unwritable_problems(pair_config: PairConfig, built: Pair) -> list[str]:
+    """Fields the mapping sends to the tracker that its API cannot write, unless the mapping
+    marks them ``manual`` (changes are then listed for a person; docs/engine.md)."""
+    return [f"{pair_config.name}: {fm.source}: fields.{fm.name}: direction {fm.direction!r}, but "
+            f"the {built.tracker.type_name} tracker {built.tracker.name!r} cannot change "
+            f"{fm.tracker!r} after creation; set direction = \"to_crm\", or manual = true to "
+            "list CRM-side changes for a person to make"
+            for fm in pair_config.mapping.synced_fields()
+            if fm.direction in ("both", "to_tracker") and not fm.manual
+            and not built.tracker.can_write(fm.tracker)]

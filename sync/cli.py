@@ -172,12 +172,15 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("updated_tracker", "requirements updated"), ("updated_crm", "deals updated"),
         ("notes", "deal notes added"),
         ("conflicts", "conflicts settled by policy"), ("conflicts_queued", "conflicts waiting"),
+        ("manual_updates", "changes waiting for a manual update in the tracker"),
         ("failures", "failed (queued for retry)"), ("orphaned", "links orphaned")) if counts[k]]
     click.echo("  " + (", ".join(parts) if parts else "nothing to do"))
     calls = ", ".join(f"{name} {n}" for name, n in summary["api_calls"].items())
     click.echo(f"  API calls: {calls}")
     for line in summary.get("plan", []):
         click.echo(f"  {line}" if line.startswith(("STOP", "phase two")) else f"  would {line}")
+    for line in summary.get("manual_updates", []) if "plan" not in summary else []:
+        click.echo(f"  manual: {line}")
     for error in summary.get("errors", []):
         click.echo(f"  ! {error}", err=True)
 
@@ -358,6 +361,7 @@ def status(state: Context, as_json: bool) -> None:
             "links": len(links), "orphaned_links": [l.__dict__ for l in links if l.orphaned],
             "failures": store.failures(name),
             "open_conflicts": len(store.conflicts(name, status="open")),
+            "manual_updates": store.manual_updates(name),
             "cursors": {side: (c.isoformat() if (c := store.cursor(name, side)) else None)
                         for side in ("crm", "tracker")}})
     if as_json:
@@ -380,6 +384,11 @@ def status(state: Context, as_json: bool) -> None:
                        f"{failure['error']}")
         if len(entry["failures"]) > 10:
             click.echo(f"  ... and {len(entry['failures']) - 10} more (dealsync status --json)")
+        for item in entry["manual_updates"]:
+            click.echo(f"  manual update needed since {item['first_seen'][:16]}: set "
+                       f"{item['req_key']} {item['tracker_field']} from {item['current'] or '-'}"
+                       f" to {item['value'] or '-'} in the tracker (deal "
+                       f"{', '.join(item['deal_ids'])})")
         for orphan in entry["orphaned_links"]:
             click.echo(f"  orphaned: deal {orphan['deal_id']} <-> {orphan['req_key']}: "
                        f"{orphan['orphaned']}")

@@ -354,3 +354,12 @@ class TrackerConnector(Connector):
     def field_values(self, field_name: str) -> list[str] | None:
         """The values a tracker field can take (state names, priority names), None if free."""
         return None
+
+    def can_write(self, what: str) -> bool:
+        """Whether this connector can change ``what`` on an existing requirement: a tracker
+        field (``status``, ``priority``) or ``description`` (where the deal-context block
+        lives). Creating is always possible. A tracker whose API cannot update some of these
+        says so here; dealsync then lists a CRM-side change to such a field as a manual update
+        for a person to make in the tracker, and leaves the block as it was written at
+        creation (docs/engine.md, "Trackers that cannot write everything")."""
+        return True

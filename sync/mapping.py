@@ -43,6 +43,9 @@ class FieldMap:
     values: dict[str, str] | None = None  # tracker value -> CRM value
     to_tracker_values: dict[str, str] | None = None  # CRM value -> tracker value (overrides)
     source: str = ""
+    #: the tracker cannot write this field: CRM-side changes become manual updates (a person
+    #: makes them in the tracker) instead of a configuration error
+    manual: bool = False
 
     def to_crm(self, tracker_value: str | None) -> str | None:
         if tracker_value in (None, "") or self.values is None:
@@ -87,6 +90,7 @@ class Mapping:
     url_field: str | None = None
     context_columns: tuple[str, ...] = CONTEXT_COLUMNS
     note_fields: tuple[str, ...] = ()  # mirrored fields whose changes also leave a deal note
+    note_manual_updates: bool = False  # a deal note when its change awaits a manual update
     description: str = ""
 
     def crm_properties(self) -> list[str]:
@@ -207,11 +211,17 @@ def parse_mapping(data: dict[str, Any], source: str) -> Mapping:
         bad("context.columns", f"must list some of: {', '.join(CONTEXT_COLUMNS)}")
         columns = list(CONTEXT_COLUMNS)
 
-    notes = _table(data, "notes", bad).get("fields", [])
+    notes_table = _table(data, "notes", bad)
+    notes = notes_table.get("fields", [])
     names = {f.name for f in fields}
     if not isinstance(notes, list) or any(n not in names for n in notes):
         bad("notes.fields", f"must list mirrored fields (defined: {', '.join(sorted(names))})")
         notes = []
+    note_manual = notes_table.get("manual_updates", False)
+    if not isinstance(note_manual, bool):
+        bad("notes.manual_updates", "must be true or false")
+    for extra in sorted(set(notes_table) - {"fields", "manual_updates"}):
+        bad(f"notes.{extra}", "unknown key (known: fields, manual_updates)")
 
     if problems:
         raise ConfigError(problems)
@@ -219,7 +229,7 @@ def parse_mapping(data: dict[str, Any], source: str) -> Mapping:
         source=source, request_field=request_field, key_pattern=key_pattern, where=where,
         fields=tuple(fields), key_field=link.get("key_field"), url_field=link.get("url_field"),
         context_columns=tuple(columns), note_fields=tuple(notes),
-        description=str(_table(data, "mapping", bad).get("description", "")))
+        note_manual_updates=note_manual is True, description=str(_table(data, "mapping", bad).get("description", "")))
 
 
 def _table(data: dict[str, Any], key: str, bad: Any, prefix: str = "") -> dict[str, Any]:
@@ -255,7 +265,12 @@ def _parse_field(name: str, spec: Any, source: str, bad: Any) -> FieldMap | None
                                   not all(isinstance(v, str) for v in table.values())):
             bad(f"{key}.{attr}", "must be a table of strings")
             ok = False
-    unknown = set(spec) - {"crm", "tracker", "direction", "conflict", "values", "to_tracker"}
+    manual = spec.get("manual", False)
+    if not isinstance(manual, bool):
+        bad(f"{key}.manual", "must be true or false")
+        ok = False
+    unknown = set(spec) - {"crm", "tracker", "direction", "conflict", "values", "to_tracker",
+                           "manual"}
     for extra in sorted(unknown):
         bad(f"{key}.{extra}", "unknown key")
         ok = False
@@ -269,7 +284,8 @@ def _parse_field(name: str, spec: Any, source: str, bad: Any) -> FieldMap | None
     if not ok:
         return None
     return FieldMap(name=name, crm=spec["crm"], tracker=spec["tracker"], direction=direction,
-                    conflict=conflict, values=values, to_tracker_values=to_tracker, source=source)
+                    conflict=conflict, values=values, to_tracker_values=to_tracker, source=source,
+                    manual=manual)
 
 
 def _check_reversible(key: str, values: dict[str, str], to_tracker: dict[str, str],

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from .errors import ConfigError, LockHeld
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -74,6 +74,16 @@ MIGRATIONS: dict[int, str] = {
     CREATE TABLE requests (
         pair TEXT NOT NULL, title TEXT NOT NULL, req_id TEXT NOT NULL,
         PRIMARY KEY (pair, title));
+    """,
+    # Changes a tracker's API cannot make, listed for a person until the tracker shows them.
+    3: """
+    CREATE TABLE manual_updates (
+        id INTEGER PRIMARY KEY, pair TEXT NOT NULL, req_id TEXT NOT NULL, req_key TEXT NOT NULL,
+        field TEXT NOT NULL, tracker_field TEXT NOT NULL, value TEXT, current TEXT,
+        deal_ids TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+        resolved_at TEXT);
+    CREATE UNIQUE INDEX manual_open ON manual_updates (pair, req_id, field)
+        WHERE resolved_at IS NULL;
     """,
 }
 
@@ -366,6 +376,40 @@ class StateStore:
 
     def mark_conflict_applied(self, conflict_id: int) -> None:
         self.db.execute("UPDATE conflicts SET status='applied' WHERE id=?", (conflict_id,))
+
+    # -- manual updates -----------------------------------------------------------------------
+    def record_manual_update(self, pair: str, req_id: str, req_key: str, field: str,
+                             tracker_field: str, value: str | None, current: str | None,
+                             deal_ids: list[str]) -> None:
+        """List (or refresh) a change a person must make in the tracker."""
+        now = ts(now_utc())
+        row = self.db.execute("SELECT id FROM manual_updates WHERE pair=? AND req_id=? AND"
+                              " field=? AND resolved_at IS NULL", (pair, req_id, field)).fetchone()
+        if row:
+            self.db.execute("UPDATE manual_updates SET req_key=?, value=?, current=?,"
+                            " deal_ids=?, last_seen=? WHERE id=?",
+                            (req_key, value, current, json.dumps(deal_ids), now, row["id"]))
+            return
+        self.db.execute(
+            "INSERT INTO manual_updates (pair, req_id, req_key, field, tracker_field, value,"
+            " current, deal_ids, first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (pair, req_id, req_key, field, tracker_field, value, current, json.dumps(deal_ids),
+             now, now))
+
+    def resolve_manual_update(self, pair: str, req_id: str, field: str) -> None:
+        self.db.execute("UPDATE manual_updates SET resolved_at=? WHERE pair=? AND req_id=? AND"
+                        " field=? AND resolved_at IS NULL", (ts(now_utc()), pair, req_id, field))
+
+    def manual_updates(self, pair: str | None = None) -> list[dict[str, Any]]:
+        """The changes waiting for a person, oldest first."""
+        sql, args = "SELECT * FROM manual_updates WHERE resolved_at IS NULL", []
+        if pair:
+            sql += " AND pair=?"
+            args.append(pair)
+        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+        for row in rows:
+            row["deal_ids"] = json.loads(row["deal_ids"])
+        return rows
 
     # -- runs ---------------------------------------------------------------------------------
     def record_run(self, pair: str, started_at: datetime, status: str,

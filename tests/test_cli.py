@@ -242,3 +242,19 @@ def test_dry_run_json_lists_the_actions_and_writes_nothing(workdir):
     text = invoke(workdir, "sync", "--dry-run").output
     assert "would create requirement 'SSO' for deal d1 (Acme)" in text
     assert "phase two waits for 'SSO' to be created" in text
+
+
+def test_check_refuses_a_field_the_tracker_cannot_write_unless_it_is_manual(workdir):
+    from plugins.memory import shared_world
+
+    config = workdir / "dealsync.toml"  # an in-process tracker whose priority is read-only
+    config.write_text(config.read_text().replace('path = "tracker.json"', 'world = "ro"'))
+    shared_world("ro").unwritable.add("priority")
+    result = invoke(workdir, "check")
+    assert result.exit_code == 2
+    assert "fields.priority: direction 'both', but the memory tracker 'rd' cannot change " \
+           "'priority' after creation" in result.stderr
+    mapping = workdir / "memory-mapping.toml"
+    mapping.write_text(mapping.read_text().replace(
+        '[fields.priority]\n', '[fields.priority]\nmanual = true\n'))
+    assert invoke(workdir, "check").exit_code == 0

@@ -228,3 +228,54 @@ def test_a_reset_tracker_reusing_ids_orphans_links_and_copies_nothing(h):
     quiet = h.sync()
     assert quiet["counts"]["orphaned"] == 0 and quiet["counts"]["created"] == 0
     assert quiet["counts"]["updated_tracker"] == quiet["counts"]["updated_crm"] == 0
+
+
+# -- trackers that cannot write everything ---------------------------------------------------------
+def test_a_change_the_tracker_cannot_write_is_listed_until_it_shows(h):
+    h.deal("d1", "Offline mode")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.unwritable |= {"priority", "description"}
+    h.world.edit_deal("d1", req_priority="highest")
+    for _ in range(3):  # listed every run, never sent, never lost
+        summary = h.sync()
+        assert summary["status"] == "ok" and summary["counts"]["manual_updates"] == 1
+        assert summary["manual_updates"][0].startswith(
+            f"list for a person: set {item['key']} priority from Medium to Highest")
+        (listed,) = h.store.manual_updates("p")
+        assert listed["deal_ids"] == ["d1"] and listed["value"] == "Highest"
+        assert h.world.deals["d1"]["fields"]["req_priority"] == "highest"
+        assert h.item_for("d1")["priority"] == "Medium"
+    h.world.edit_item(item["id"], priority="Highest")  # a person makes the change
+    summary = h.sync()
+    assert summary["counts"]["manual_updates"] == 0 and h.store.manual_updates("p") == []
+    quiet = h.sync()
+    assert quiet["counts"]["updated_crm"] == quiet["counts"]["updated_tracker"] == 0
+
+
+def test_tracker_changes_still_reach_the_deals_and_the_block_is_left_as_created(h):
+    h.deal("d1", "Offline mode", amount="100")
+    h.sync()
+    item = h.item_for("d1")
+    created_description = item["description"]
+    h.world.unwritable |= {"status", "priority", "description"}
+    h.world.edit_item(item["id"], status="Planned")
+    h.world.edit_deal("d1", amount="999999")
+    summary = h.sync()
+    assert summary["counts"]["updated_crm"] == 1 and summary["counts"]["failures"] == 0
+    assert h.world.deals["d1"]["fields"]["req_status"] == "planned"
+    assert h.item_for("d1")["description"] == created_description
+
+
+def test_a_manual_update_can_leave_a_note_on_the_deal(h):
+    import dataclasses
+
+    h.mapping = dataclasses.replace(h.mapping, note_manual_updates=True)
+    h.deal("d1", "Offline mode")
+    h.sync()
+    h.world.unwritable.add("priority")
+    h.world.edit_deal("d1", req_priority="low")
+    h.sync()
+    h.sync()
+    notes = h.world.deals["d1"].get("notes", [])
+    assert len(notes) == 1 and "priority low waits for a manual update" in notes[0]

@@ -5,7 +5,8 @@ Planners produce them from a view without I/O; guards judge the whole list; ``ap
 a dry run shows is exactly what a real run would do.
 
 Phase one (links): :class:`CreateRequirement`, :class:`LinkRequirement`, :class:`ReportProblem`.
-Phase two (fields): :class:`ReportProblem`, :class:`OrphanLink`, :class:`RecordConflict`, :class:`AgreeBase`,
+Phase two (fields): :class:`ReportProblem`, :class:`OrphanLink`, :class:`ManualUpdate`,
+:class:`CloseManualUpdate`, :class:`RecordConflict`, :class:`AgreeBase`,
 :class:`UpdateRequirement`, :class:`UpdateDeal`, :class:`AddNote`, :class:`SettleConflict`.
 """
 
@@ -201,10 +202,46 @@ class AddNote(Action):
     kind: ClassVar[str] = "add_note"
     deal_id: str
     text: str
+    after_update: bool = True  # added only once the deal's update went through
 
     def describe(self) -> str:
         return f"note on deal {self.deal_id}: {self.text}"
 
+
+
+@dataclass(frozen=True)
+class ManualUpdate(Action):
+    """A change the tracker's API cannot make: listed for a person until the tracker shows it.
+    Nothing is written on either side for this field meanwhile, so nothing is lost."""
+
+    kind: ClassVar[str] = "manual_update"
+    req_id: str
+    req_key: str
+    field: str
+    tracker_field: str
+    value: Value  # what the deals ask for, in tracker terms
+    current: Value  # what the tracker shows
+    deal_ids: tuple[str, ...]
+
+    def describe(self) -> str:
+        deals = ", ".join(self.deal_ids)
+        return (f"list for a person: set {self.req_key} {self.tracker_field} from "
+                f"{self.current or '-'} to {self.value or '-'} in the tracker (asked by deal "
+                f"{deals}; the tracker's API cannot write it)")
+
+
+@dataclass(frozen=True)
+class CloseManualUpdate(Action):
+    """The tracker now shows what a listed manual update asked for (or the ask went away)."""
+
+    kind: ClassVar[str] = "close_manual_update"
+    shown: ClassVar[bool] = False
+    req_id: str
+    req_key: str
+    field: str
+
+    def describe(self) -> str:
+        return f"close the manual update of {self.req_key} {self.field}"
 
 
 @dataclass(frozen=True)

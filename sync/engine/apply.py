@@ -18,9 +18,9 @@ from typing import Callable, TypeVar
 from ..connectors import NewRequirement, Requirement, RequirementChange
 from ..errors import ItemError, RateLimitExhausted, RemoteError
 from ..state import Link, StateStore
-from .actions import (Action, AddNote, AgreeBase, CreateRequirement, LinkRequirement, OrphanLink,
-                      RecordConflict, ReportProblem, SettleConflict, UpdateDeal,
-                      UpdateRequirement)
+from .actions import (Action, AddNote, AgreeBase, CloseManualUpdate, CreateRequirement,
+                      LinkRequirement, ManualUpdate, OrphanLink, RecordConflict, ReportProblem,
+                      SettleConflict, UpdateDeal, UpdateRequirement)
 from .planners import PlanContext, created_at
 from .view import View
 
@@ -163,12 +163,14 @@ class Applier:
         self._store_contexts(view, failed_reqs)
         written = self._update_deals([a for a in actions if isinstance(a, UpdateDeal)],
                                      failed_reqs)
-        self._add_notes([a for a in actions if isinstance(a, AddNote) and a.deal_id in written])
+        self._add_notes([a for a in actions if isinstance(a, AddNote)
+                         and (a.deal_id in written or not a.after_update)])
         self._settle([a for a in actions if isinstance(a, SettleConflict)], view, failed_reqs)
 
     def _bookkeeping(self, actions: list[Action], view: View) -> None:
-        """What needs no service: agreed bases, orphaned links, and the key, URL, title and
-        creation time the links show (for `links`, `report` and the identity check)."""
+        """What needs no service: agreed bases, orphaned links, the manual-update list, and the
+        key, URL, title and creation time the links show (for `links`, `report` and the
+        identity check)."""
         with self.store.transaction():
             for action in actions:
                 if isinstance(action, AgreeBase):
@@ -178,6 +180,13 @@ class Applier:
                     self.store.orphan_link(self.name, action.deal_id, action.req_id,
                                            action.reason)
                     self.counts["orphaned"] += 1
+                elif isinstance(action, ManualUpdate):
+                    self.store.record_manual_update(
+                        self.name, action.req_id, action.req_key, action.field,
+                        action.tracker_field, action.value, action.current, list(action.deal_ids))
+                    self.counts["manual_updates"] += 1
+                elif isinstance(action, CloseManualUpdate):
+                    self.store.resolve_manual_update(self.name, action.req_id, action.field)
             for link in view.links:
                 req = view.reqs.get(link.req_id)
                 if req is not None and not view.orphan_reason(link):

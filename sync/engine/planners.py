@@ -25,9 +25,9 @@ from ..connectors import Deal, Requirement, make_marker
 from ..errors import ItemError
 from ..mapping import FieldMap, Mapping
 from ..state import Link
-from .actions import (Action, AddNote, AgreeBase, BaseRow, CreateRequirement, LinkRequirement,
-                      OrphanLink, RecordConflict, ReportProblem, SettleConflict, UpdateDeal,
-                      UpdateRequirement)
+from .actions import (Action, AddNote, AgreeBase, BaseRow, CloseManualUpdate, CreateRequirement,
+                      LinkRequirement, ManualUpdate, OrphanLink, RecordConflict, ReportProblem,
+                      SettleConflict, UpdateDeal, UpdateRequirement)
 from .grammar import KeyPattern, ParsedRequest, normalize_title, parse_request, request_text
 from .merge import Entry, Merged, merge_field
 from .view import IDENTITY_CHANGED, View, deal_context, norm
@@ -44,6 +44,8 @@ class PlanContext:
     tracker: str  # the tracker instance's name, for messages
     mapping: Mapping
     pattern: KeyPattern
+    #: what the tracker cannot change on an existing requirement: field names, "description"
+    unwritable: frozenset[str] = frozenset()
     _parsed: dict[str, ParsedRequest] = field(default_factory=dict, compare=False, repr=False)
     _contexts: dict[tuple[str, Any, str | None], dict[str, Any]] = field(
         default_factory=dict, compare=False, repr=False)
@@ -222,6 +224,8 @@ def _req_is_quiet(view: View, ctx: PlanContext, req: Requirement, links: list[Li
             base = view.bases.get((link.deal_id, req.id, fm.name))
             if base is None or base.tracker_value != value:
                 return False
+    if "description" in ctx.unwritable:
+        return True  # the block stays as written at creation
     return context.extract(req.description) == desired_block(view, ctx, links)
 
 
@@ -291,7 +295,8 @@ class _FieldPlanner:
         self.primary = self.index.primary
         self.reqs: dict[str, _ReqDraft] = {}
         self.deals: dict[str, _DealDraft] = {}
-        self.records: list[Action] = []  # problems, conflicts, agreed bases
+        self.records: list[Action] = []  # problems, conflicts, agreed bases, manual updates
+        self.manual_notes: list[AddNote] = []
         self.settled: list[SettleConflict] = []
         self.resolutions = {(c["req_id"], c["field"]): c for c in view.resolved}
         self.open = {(c["req_id"], c["field"]): c for c in view.open_conflicts}
@@ -316,7 +321,8 @@ class _FieldPlanner:
                  for d in self.deals.values() if d.values]
         notes = [AddNote(d.deal_id, f"dealsync: {text}")
                  for d in self.deals.values() if d.values for text in d.notes]
-        return [*orphans, *self.records, *reqs, *deals, *notes, *self.settled]
+        return [*orphans, *self.records, *reqs, *deals, *notes, *self.manual_notes,
+                *self.settled]
 
     def _deal(self, deal_id: str) -> _DealDraft:
         return self.deals.setdefault(deal_id, _DealDraft(deal_id))
@@ -333,6 +339,8 @@ class _FieldPlanner:
                        for link in mirrored]
             if entries:
                 self._merge(fm, req, entries)
+        if "description" in self.ctx.unwritable:
+            return
         block = desired_block(self.view, self.ctx, links)
         if context.extract(req.description) != block:
             draft = self._req(req)
@@ -360,7 +368,28 @@ class _FieldPlanner:
             self.settled.append(SettleConflict(existing["id"], req.id))
         if resolution is not None:
             self.settled.append(SettleConflict(resolution["id"], req.id))
+        if merged.write_tracker and fm.tracker in self.ctx.unwritable:
+            self._manual(fm, req, merged, entries)
+            return
+        if (req.id, fm.name) in self.view.manual:
+            self.records.append(CloseManualUpdate(req.id, req.key, fm.name))
         self._write(fm, req, merged)
+
+    def _manual(self, fm: FieldMap, req: Requirement, merged: Merged,
+                entries: list[Entry]) -> None:
+        """The deals ask for a value the tracker's API cannot write: list it for a person and
+        write nothing for this field, so the deals keep their value and no base moves. It is
+        listed again each run (not retried: nothing is sent) until the tracker shows it."""
+        target = fm.to_crm(merged.tracker_value)
+        asking = tuple(e.deal.id for e in entries if norm(e.deal.fields.get(fm.crm)) == target)
+        self.records.append(ManualUpdate(req.id, req.key, fm.name, fm.tracker,
+                                         merged.tracker_value, req.fields.get(fm.tracker),
+                                         asking))
+        if self.ctx.mapping.note_manual_updates and (req.id, fm.name) not in self.view.manual:
+            self.manual_notes += [AddNote(deal_id, f"dealsync: {req.key} {req.title}: "
+                                          f"{fm.name} {target} waits for a manual update in "
+                                          "the tracker", after_update=False)
+                                  for deal_id in asking]
 
     def _write(self, fm: FieldMap, req: Requirement, merged: Merged) -> None:
         """Turn a merge into drafts: the requirement's new value, each deal's, their bases."""

@@ -44,7 +44,8 @@ class Reader:
                     snapshots=store.deal_contexts(name), shared=store.shared_requests(name),
                     due=store.failures(name, due_only=not retry_all),
                     resolved=store.conflicts(name, status="resolved"),
-                    open_conflicts=store.conflicts(name, status="open"))
+                    open_conflicts=store.conflicts(name, status="open"),
+                    manual={(m["req_id"], m["field"]): m for m in store.manual_updates(name)})
 
     # -- what changed ---------------------------------------------------------------------------
     def read_deals(self, view: View) -> datetime | None:

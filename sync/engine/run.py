@@ -28,7 +28,7 @@ from ..errors import DealsyncError
 from ..mapping import Mapping
 from ..state import StateStore, now_utc
 from . import guards, planners
-from .actions import Action, CreateRequirement, describe_plan
+from .actions import Action, CreateRequirement, ManualUpdate, describe_plan
 from .apply import Applier, preview_links
 from .grammar import GENERIC_KEY, KeyPattern
 from .read import Reader
@@ -40,7 +40,7 @@ Notify = Callable[..., None]
 DEFAULT_MAX_CREATES = 50
 COUNTS = ("deals_read", "requirements_read", "created", "relinked", "linked", "joined",
           "updated_tracker", "updated_crm", "notes", "agreed", "conflicts", "conflicts_queued",
-          "failures", "orphaned")
+          "manual_updates", "failures", "orphaned")
 
 
 @dataclass
@@ -82,6 +82,12 @@ def key_pattern(pair: Pair) -> KeyPattern:
     return KeyPattern.for_prefix(prefix) if prefix else KeyPattern(GENERIC_KEY)
 
 
+def unwritable(pair: Pair) -> frozenset[str]:
+    """The mirrored tracker fields (and "description") the tracker cannot change."""
+    names = {fm.tracker for fm in pair.mapping.synced_fields()} | {"description"}
+    return frozenset(name for name in names if not pair.tracker.can_write(name))
+
+
 class Run:
     """One run of one pair. Use ``run_pair(pair, store, options)``."""
 
@@ -116,7 +122,7 @@ class Run:
 
     def _run(self) -> str:
         ctx = planners.PlanContext(self.pair.name, self.pair.tracker.name, self.pair.mapping,
-                                   key_pattern(self.pair))
+                                   key_pattern(self.pair), unwritable(self.pair))
         reader = Reader(self.pair, self.store, self.started, self.options.force, self._progress)
         view = reader.load(self.options.retry_all)
         existing_seq = max((link.seq for link in view.links), default=0)
@@ -208,6 +214,9 @@ class Run:
         if self.options.dry_run:
             summary["plan"] = (describe_plan(self.actions) + self.waiting
                                + [f"STOP: {warning}" for warning in self.warnings])
+        manual = [a.describe() for a in self.actions if isinstance(a, ManualUpdate)]
+        if manual:
+            summary["manual_updates"] = manual
         if self.options.dry_run or self.options.record_actions:
             summary["actions"] = [action.to_json() for action in self.actions]
         return summary

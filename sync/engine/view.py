@@ -48,6 +48,7 @@ class View:
     due: list[dict[str, Any]] = field(default_factory=list)  # queued failures to retry
     resolved: list[dict[str, Any]] = field(default_factory=list)  # conflicts a person settled
     open_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    manual: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # listed ones
 
     # -- links --------------------------------------------------------------------------------
     def add_links(self, links: list[Link]) -> None:
