@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plugins.hubspot.connector import HubSpotConnector  # noqa: E402
-from plugins.hubspot.emulator import PRIVATE_TOKEN, HubSpotEmulator  # noqa: E402
-from sync.connectors import InstanceContext  # noqa: E402
+from plugins.hubspot.emulator import HubSpotEmulator  # noqa: E402
+from plugins.hubspot.testing import emulator_connector  # noqa: E402
 
 
 def seed(emu: HubSpotEmulator, deals: int, companies: int, owners: int) -> list[str]:
@@ -35,10 +35,7 @@ def seed(emu: HubSpotEmulator, deals: int, companies: int, owners: int) -> list[
 
 
 def connector(emu: HubSpotEmulator) -> HubSpotConnector:
-    now = lambda: emu.clock.now().timestamp()  # noqa: E731
-    return HubSpotConnector(InstanceContext("bench", {"base_url": emu.url, "portal_id": 1},
-                                            lambda name: PRIVATE_TOKEN),
-                            sleep=lambda s: emu.clock.advance(s * 1000), monotonic=now, clock=now)
+    return emulator_connector(emu, "bench")
 
 
 def measure(emu: HubSpotEmulator, work) -> tuple[dict[str, int], float, float]:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.hubspot_calls import connector as hubspot_connector  # noqa: E402
 from plugins.hubspot.emulator import HubSpotEmulator  # noqa: E402
+from plugins.hubspot.testing import emulator_connector as hubspot_connector  # noqa: E402
 from plugins.pingcode.emulator import PingCodeEmulator  # noqa: E402
 from plugins.pingcode.testing import emulator_connector  # noqa: E402
 from sync.engine import Options, Pair, run_pair  # noqa: E402

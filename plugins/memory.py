@@ -232,7 +232,9 @@ class MemoryCRM(_MemoryBase, CRMConnector):
             self.world.edit_deal(deal_id, **values)
         except ItemError as exc:
             return WriteResult(deal_id, error=exc)
-        return WriteResult(deal_id, record=self.world.deals[deal_id])
+        record = self.world.deals[deal_id]
+        return WriteResult(deal_id, record=record,
+                           updated_at=datetime.fromisoformat(record["updated_at"]))
 
     def add_note(self, deal_id: str, text: str) -> str:
         self._call("create note")

@@ -212,15 +212,20 @@ def _sync(state: Context, pair: str | None, as_json: bool, options: Options) -> 
 @cli.command()
 @sync_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing anywhere.")
+@click.option("--scan-markers", is_flag=True,
+              help="Before creating, look for requirements earlier runs created (use once after "
+                   "restoring the state store from a backup).")
 @pass_ctx
-def sync(state: Context, pair: str | None, as_json: bool, force: bool, dry_run: bool) -> None:
+def sync(state: Context, pair: str | None, as_json: bool, force: bool, dry_run: bool,
+         scan_markers: bool) -> None:
     """Run every pair once (or one with --pair).
 
     Reads what changed on both sides since the last run, links or creates the requirements
     new requests ask for, mirrors status and priority, refreshes the deal context on each
     requirement, and retries queued items that are due.
     """
-    _sync(state, pair, as_json, Options(dry_run=dry_run, force=force))
+    _sync(state, pair, as_json, Options(dry_run=dry_run, force=force,
+                                        scan_markers=scan_markers))
 
 
 @cli.command()

@@ -128,6 +128,8 @@ class WriteResult:
     id: str
     record: Any = None
     error: ItemError | None = None
+    #: the record's modified time after the write, where the service says it
+    updated_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -245,12 +247,21 @@ class Connector:
 class CRMConnector(Connector):
     side = "crm"
 
+    #: Deal attributes (e.g. "company") that cost this CRM extra calls per deal. The engine
+    #: then reads changes with ``with_context=False``, takes them from what it stored for a
+    #: deal whose modified time has not moved, and asks ``fill_context`` for the rest.
+    deferred_context: ClassVar[tuple[str, ...]] = ()
+
     def iter_changed(self, since: datetime | None, until: datetime,
-                     properties: list[str]) -> Iterator[Deal]:
+                     properties: list[str], with_context: bool = True) -> Iterator[Deal]:
         """Deals modified in ``[since, until]`` (all deals when ``since`` is None), streamed page by
         page. A deal may appear twice; the engine de-duplicates. ``properties`` are the mapped
-        field names to fill in ``Deal.fields``."""
+        field names to fill in ``Deal.fields``. With ``with_context=False`` the attributes in
+        ``deferred_context`` may be left empty."""
         raise NotImplementedError
+
+    def fill_context(self, deals: list[Deal]) -> None:
+        """Fill the ``deferred_context`` attributes of these deals in place, in batches."""
 
     def fetch(self, ids: list[str], properties: list[str],
               with_context: bool = True) -> dict[str, Deal]:

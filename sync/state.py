@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from .errors import ConfigError, LockHeld
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -84,6 +84,11 @@ MIGRATIONS: dict[int, str] = {
         resolved_at TEXT);
     CREATE UNIQUE INDEX manual_open ON manual_updates (pair, req_id, field)
         WHERE resolved_at IS NULL;
+    """,
+    # the deal's modified time when its context was stored: an unchanged deal's company
+    # (which HubSpot answers only through extra calls) is taken from here instead
+    4: """
+    ALTER TABLE deal_context ADD COLUMN updated_at TEXT;
     """,
 }
 
@@ -254,15 +259,33 @@ class StateStore:
         rows = self.db.execute("SELECT deal_id, context FROM deal_context WHERE pair=?", (pair,))
         return {r["deal_id"]: json.loads(r["context"]) for r in rows}
 
-    def set_deal_context(self, pair: str, deal_id: str, context: dict[str, Any]) -> None:
-        self.db.execute("INSERT INTO deal_context VALUES (?,?,?) ON CONFLICT DO UPDATE SET"
-                        " context=excluded.context", (pair, deal_id, json.dumps(context)))
+    def set_deal_seen(self, pair: str, deal_id: str, updated_at: datetime) -> None:
+        """After our own write: the deal's context is unchanged as of this modified time."""
+        self.db.execute("UPDATE deal_context SET updated_at=? WHERE pair=? AND deal_id=?",
+                        (ts(updated_at), pair, deal_id))
+
+    def deal_context_times(self, pair: str) -> dict[str, str]:
+        """Deal id -> its modified time (ISO) when its context was stored."""
+        rows = self.db.execute("SELECT deal_id, updated_at FROM deal_context WHERE pair=? AND"
+                               " updated_at IS NOT NULL", (pair,))
+        return {r["deal_id"]: r["updated_at"] for r in rows}
+
+    def set_deal_context(self, pair: str, deal_id: str, context: dict[str, Any],
+                         updated_at: datetime | None = None) -> None:
+        self.db.execute("INSERT INTO deal_context (pair, deal_id, context, updated_at)"
+                        " VALUES (?,?,?,?) ON CONFLICT DO UPDATE SET context=excluded.context,"
+                        " updated_at=excluded.updated_at",
+                        (pair, deal_id, json.dumps(context),
+                         ts(updated_at) if updated_at else None))
 
     # -- create intents -----------------------------------------------------------------------
-    def add_intent(self, pair: str, deal_id: str, marker: str, title: str) -> None:
+    def add_intents(self, pair: str, deal_ids: list[str], markers: list[str],
+                    title: str) -> None:
+        """Before a create: one row per deal it is for, so a crash is noticed on any of them."""
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)",
-                            (pair, deal_id, marker, title, ts(now_utc())))
+            self.db.executemany("INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)",
+                                [(pair, deal_id, marker, title, ts(now_utc()))
+                                 for deal_id, marker in zip(deal_ids, markers)])
 
     def clear_intent(self, pair: str, deal_id: str) -> None:
         self.db.execute("DELETE FROM intents WHERE pair=? AND deal_id=?", (pair, deal_id))

@@ -117,6 +117,7 @@ class HubSpotConnector(CRMConnector):
     )
     default_rate_limits = {"default": RateLimit(100, 10), "search": RateLimit(5, 1)}
     batch_size = BATCH_LIMIT
+    deferred_context = ("company",)  # association and company reads: two calls per 100 deals
     settings_help = {
         "base_url": f"API base URL (default {DEFAULT_BASE_URL})",
         "app_url": f"web app URL for deal links (default {DEFAULT_APP_URL}; EU: "
@@ -321,7 +322,7 @@ class HubSpotConnector(CRMConnector):
 
     # -- reading deals ----------------------------------------------------------------------------
     def iter_changed(self, since: datetime | None, until: datetime,
-                     properties: list[str]) -> Iterator[Deal]:
+                     properties: list[str], with_context: bool = True) -> Iterator[Deal]:
         """docs/hubspot.md §7, §13: window on ``hs_lastmodifieddate`` (GTE since, LTE until),
         order by ``hs_object_id`` and restart from the last id + 1, so the 10,000-result cap and
         10k+ identical timestamps (airbyte #43317) end, and each deal comes once per read.
@@ -340,7 +341,7 @@ class HubSpotConnector(CRMConnector):
                                   json=self._search_body(since_ms, until_ms, floor, after, wanted),
                                   buckets=("search", "default"), idempotent=True)
             results = page.get("results") or []
-            yield from self._deals(results, properties)
+            yield from self._deals(results, properties, with_context)
             next_after = ((page.get("paging") or {}).get("next") or {}).get("after")
             if not results or next_after is None:
                 return
@@ -414,6 +415,13 @@ class HubSpotConnector(CRMConnector):
             currency=props.get("deal_currency_code") or None,
             close_date=_iso_date(props.get("closedate")),
             owner=self._owner(props.get("hubspot_owner_id")), is_open=is_open)
+
+    def fill_context(self, deals: list[Deal]) -> None:
+        """The primary company of each deal (two batch reads per 100 deals, docs/hubspot.md
+        §10); stage and owner come with every read at no extra cost."""
+        companies = self._companies_of([deal.id for deal in deals])
+        for deal in deals:
+            deal.company = companies.get(deal.id)
 
     # -- deal context (cached for the connector's life, i.e. one run) --------------------------
     def _context(self, kind: str, call: Callable[[], Any]) -> Any:
@@ -606,7 +614,10 @@ class HubSpotConnector(CRMConnector):
             if deal_id in errors:
                 outcome[index] = WriteResult(deal_id, error=errors[deal_id])
             elif deal_id in written:
-                outcome[index] = WriteResult(deal_id, record=written[deal_id])
+                record = written[deal_id]
+                outcome[index] = WriteResult(deal_id, record=record, updated_at=parse_time(
+                    (record.get("properties") or {}).get("hs_lastmodifieddate")
+                    or record.get("updatedAt")))
             else:
                 outcome[index] = WriteResult(deal_id, error=ItemError(
                     f"{self.name}: HubSpot's batch update answered neither success nor an error "

@@ -118,8 +118,9 @@ class Applier:
 
     def _create(self, action: CreateRequirement, view: View) -> list[Link]:
         first = action.deal_ids[0]
-        # The intent is stored before the create: after a crash the marker is looked for.
-        self.store.add_intent(self.name, first, action.markers[0], action.shared_title)
+        # Intents are stored before the create: after a crash the markers are looked for.
+        self.store.add_intents(self.name, list(action.deal_ids), list(action.markers),
+                               action.shared_title)
         new = NewRequirement(action.title, action.description, dict(action.fields),
                              action.markers[0], action.markers)
         req = self.guarded(lambda: self.pair.tracker.create(new), "create", [(first, "")])
@@ -130,7 +131,8 @@ class Applier:
             links = [self._store_link(deal_id, req.id, req.key, req.url, req.title, "created",
                                       created_at(req), view) for deal_id in action.deal_ids]
             self.store.add_shared_request(self.name, action.shared_title, req.id)
-            self.store.clear_intent(self.name, first)
+            for deal_id in action.deal_ids:
+                self.store.clear_intent(self.name, deal_id)
         self.counts["created"] += 1
         self.counts["joined"] += len(action.deal_ids) - 1
         for deal_id in action.deal_ids:
@@ -143,7 +145,8 @@ class Applier:
                                    req_created)
         deal = view.deals.get(deal_id)
         if deal is not None:
-            self.store.set_deal_context(self.name, deal_id, self.ctx.context_of(deal))
+            self.store.set_deal_context(self.name, deal_id, self.ctx.context_of(deal),
+                                        deal.updated_at)
         return link
 
     def _announce(self, deal_id: str, key: str, url: str | None, created: bool) -> None:
@@ -238,8 +241,10 @@ class Applier:
             for deal_id, deal in view.deals.items():
                 if deal_id in linked and deal_id not in failed_deals:
                     context = self.ctx.context_of(deal)
-                    if view.snapshots.get(deal_id) != context:
-                        self.store.set_deal_context(self.name, deal_id, context)
+                    if view.snapshots.get(deal_id) != context or \
+                            view.seen.get(deal_id) != deal.updated_at.isoformat():
+                        self.store.set_deal_context(self.name, deal_id, context,
+                                                    deal.updated_at)
 
     def _update_deals(self, actions: list[UpdateDeal], failed_reqs: set[str]) -> set[str]:
         """Batches of the CRM's batch size, each stored before the next; the written deal ids."""
@@ -263,6 +268,9 @@ class Applier:
                     if result.ok:
                         for row in action.bases:
                             self.store.set_base(self.name, *row)
+                        if result.updated_at is not None:  # our write moved its modified time
+                            self.store.set_deal_seen(self.name, action.deal_id,
+                                                     result.updated_at)
                         written.add(action.deal_id)
             for action, result in zip(batch, results):
                 if not result.ok:

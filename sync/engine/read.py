@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 from typing import Callable, Iterable
 
-from ..connectors import make_marker
+from ..connectors import Deal, make_marker
 from ..errors import SafetyStop
 from ..state import StateStore
 from .actions import Action, UpdateDeal, UpdateRequirement
@@ -36,12 +36,15 @@ class Reader:
         self.progress = progress
         self.properties = pair.mapping.crm_properties()
         self.counts = {"deals_read": 0, "requirements_read": 0}
+        self.verify: dict[str, list[str]] = {"crm": [], "tracker": []}
+        self.positions: dict[str, int] = {}
 
     # -- what the store remembers ---------------------------------------------------------------
     def load(self, retry_all: bool) -> View:
         name, store = self.pair.name, self.store
         return View(pair=name, links=store.links(name), bases=store.bases(name),
-                    snapshots=store.deal_contexts(name), shared=store.shared_requests(name),
+                    snapshots=store.deal_contexts(name), seen=store.deal_context_times(name),
+                    shared=store.shared_requests(name),
                     due=store.failures(name, due_only=not retry_all),
                     resolved=store.conflicts(name, status="resolved"),
                     open_conflicts=store.conflicts(name, status="open"),
@@ -53,16 +56,23 @@ class Reader:
         cursor = self.store.cursor(self.pair.name, "crm")
         since = cursor - self.pair.crm_lookback if cursor else None
         linked = view.linked_deal_ids()
-        seen, latest = 0, cursor
-        for deal in self.pair.crm.iter_changed(since, self.started, self.properties):
+        crm = self.pair.crm
+        deferred = crm.deferred_context
+        changes = (crm.iter_changed(since, self.started, self.properties, with_context=False)
+                   if deferred else crm.iter_changed(since, self.started, self.properties))
+        seen, latest, kept = 0, cursor, []
+        for deal in changes:
             seen += 1
             latest = max(latest, deal.updated_at) if latest else deal.updated_at
             if deal.id in linked or self.pair.mapping.selects(deal.fields):
                 view.keep_deal(deal, searched=True)
+                kept.append(deal)
             if seen % PROGRESS_EVERY == 0:
                 self.progress("deals read", seen)
         self.progress("deals read", seen)
         self.counts["deals_read"] = seen
+        if deferred:
+            self._complete_context(view, [d for d in kept if view.deals[d.id] is d], deferred)
         view.forced_deals = {f["deal_id"] for f in view.due if f["deal_id"]}
         self.fetch_deals(view, view.forced_deals)
         return min(latest, self.started) if latest else None
@@ -86,6 +96,22 @@ class Reader:
                             | {c["req_id"] for c in view.resolved})
         self.fetch_reqs(view, view.forced_reqs)
         return min(latest, self.started) if latest else None
+
+    def _complete_context(self, view: View, deals: list[Deal], deferred: tuple[str, ...]) -> None:
+        """Context that costs extra calls is read only for deals that moved since it was
+        stored; the lookback window's re-read of unchanged deals costs search pages only."""
+        missing = []
+        fresh = set(self.verify["crm"])  # this run's rotation: read in full, renames included
+        for deal in deals:
+            stored = view.snapshots.get(deal.id)
+            if deal.id not in fresh and stored is not None and \
+                    view.seen.get(deal.id) == deal.updated_at.isoformat():
+                for name in deferred:
+                    setattr(deal, name, stored.get(name))
+            else:
+                missing.append(deal)
+        if missing:
+            self.pair.crm.fill_context(missing)
 
     def fetch_deals(self, view: View, ids: Iterable[str], context: bool = True) -> None:
         ids = sorted(set(ids) - set(view.deals))
@@ -130,25 +156,25 @@ class Reader:
                     "check the instance's settings (base URL, project, credentials); if the "
                     "records were really deleted, run again with --force to orphan their links")
 
-    def verify_slice(self, view: View) -> dict[str, int]:
-        """Re-read the next few linked deals and requirements by id (``Pair.verify_*``): a
-        record gone from its system orphans its links, a renamed company shows as a changed
-        context. Returns the rotation positions to store once the run succeeds."""
+    def verify_slice(self, view: View) -> None:
+        """Choose the next few linked deals and requirements to re-read by id
+        (``Pair.verify_*``): a record gone from its system orphans its links, a renamed
+        company shows as a changed context. Sets ``self.verify`` and ``self.positions`` (the
+        rotation to store once the run succeeds); ``verify`` reads them."""
         live = sorted((link for link in view.links if not link.orphaned), key=lambda l: l.seq)
-        positions = {}
         for side, count, attr in (("crm", self.pair.verify_deals, "deal_id"),
                                   ("tracker", self.pair.verify_requirements, "req_id")):
             ids = list(dict.fromkeys(getattr(link, attr) for link in live))
             if not ids or not count:
                 continue
             start = self.store.position(self.pair.name, f"verify:{side}") % len(ids)
-            chosen = (ids[start:] + ids[:start])[:count]
-            positions[f"verify:{side}"] = (start + len(chosen)) % len(ids)
-            if side == "crm":
-                self.fetch_deals(view, chosen)
-            else:
-                self.fetch_reqs(view, chosen)
-        return positions
+            self.verify[side] = (ids[start:] + ids[:start])[:count]
+            self.positions[f"verify:{side}"] = (start + len(self.verify[side])) % len(ids)
+
+    def read_verified(self, view: View) -> None:
+        """Read the chosen slice, with context, unless this run's search already did."""
+        self.fetch_deals(view, self.verify["crm"])
+        self.fetch_reqs(view, self.verify["tracker"])
 
     # -- look-ups the planners need ------------------------------------------------------------
     def resolve_keys(self, view: View, keys: list[str]) -> None:
@@ -165,11 +191,13 @@ class Reader:
     def resolve_markers(self, view: View, deal_ids: list[str]) -> None:
         """Look for requirements an earlier run created for these deals and could not record
         (a crash after the create, a lost or restored state store): identity survives lost
-        state. Every marker is looked for before anything is created."""
+        state."""
         markers = [make_marker(self.pair.name, deal_id) for deal_id in deal_ids]
         markers = [m for m in markers if m not in view.markers]
         if not markers:
             return
+        # how many requirements carry the pair's markers, as far as the state knows: sizes a
+        # scan against one search per marker
         marked = len({link.req_id for link in view.links if link.origin == "created"})
         found = self.pair.tracker.find_by_markers(markers, make_marker(self.pair.name, ""),
                                                   marked)

@@ -69,6 +69,7 @@ class Options:
     dry_run: bool = False
     force: bool = False
     retry_all: bool = False  # `dealsync retry`: every queued item, due or not
+    scan_markers: bool = False  # look for earlier creates before every create (restored state)
     record_actions: bool = False  # put the applied actions in the summary (dry runs always do)
     progress: Progress | None = None
     notify: Notify | None = None  # lifecycle hooks: notify("link_created", pair=..., ...)
@@ -126,11 +127,12 @@ class Run:
         reader = Reader(self.pair, self.store, self.started, self.options.force, self._progress)
         view = reader.load(self.options.retry_all)
         existing_seq = max((link.seq for link in view.links), default=0)
+        reader.verify_slice(view)
         crm_cursor = reader.read_deals(view)
         tracker_cursor = reader.read_requirements(view)
         self.counts.update(reader.counts)
         reader.probe_empty_sides(view)
-        positions = reader.verify_slice(view)
+        reader.read_verified(view)
 
         link_actions = self._plan_links(reader, view, ctx)
         field_actions = self._plan_fields(reader, view, ctx)
@@ -154,15 +156,26 @@ class Run:
         if self.options.dry_run:
             return "dry-run"
         applier.fields(field_actions, view)
-        self._settle(view, applier, crm_cursor, tracker_cursor, positions)
+        self._settle(view, applier, crm_cursor, tracker_cursor, reader.positions)
         return "partial" if self.counts["failures"] else "ok"
 
     def _plan_links(self, reader: Reader, view: View, ctx: planners.PlanContext) -> list[Action]:
         reader.resolve_keys(view, planners.wanted_keys(view, ctx))
-        groups = planners.create_groups(view, ctx)
-        reader.resolve_markers(view, [deal.id for members in groups.values()
-                                      for deal, _ in members])
+        asking = [deal.id for members in planners.create_groups(view, ctx).values()
+                  for deal, _ in members]
+        if asking:
+            reader.resolve_markers(view, self._may_have_been_created(view, asking))
         return planners.plan_links(view, ctx)
+
+    def _may_have_been_created(self, view: View, asking: list[str]) -> list[str]:
+        """The deals whose requirement an earlier run may have created without recording it:
+        those with an intent left by a run that died between create and store, or all of them
+        when the pair has no links (a new or lost state store) or ``--scan-markers`` says the
+        store was restored from a backup. Anything else was recorded, so no search is needed."""
+        if self.options.scan_markers or not view.links:
+            return asking
+        pending = {intent["deal_id"] for intent in self.store.intents(self.pair.name)}
+        return [deal_id for deal_id in asking if deal_id in pending]
 
     def _plan_fields(self, reader: Reader, view: View,
                      ctx: planners.PlanContext) -> list[Action]:

@@ -33,6 +33,7 @@ class View:
     links: list[Link] = field(default_factory=list)
     bases: dict[tuple[str, str, str], Base] = field(default_factory=dict)
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)  # deal id -> context
+    seen: dict[str, str] = field(default_factory=dict)  # deal id -> modified time of snapshot
     deals: dict[str, Deal] = field(default_factory=dict)
     reqs: dict[str, Requirement] = field(default_factory=dict)
     # records known only from a search, so maybe stale by the time they are written
