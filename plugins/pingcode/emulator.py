@@ -1136,13 +1136,14 @@ class PingCodeEmulator(Emulator):
         """200 per minute per caller, sliding window; 429 + ``x-pc-retry-after``
         (docs/pingcode.md §13)."""
         limit = self.config["rate_limit_per_min"]
+        span = float(self.config.get("rate_limit_window_s", 60))  # benchmarks shrink it
         token = self._token_of(req)
         if not limit or token is None:
             return None
         key = token["value"]
         window = self.windows.get(key)
-        if window is None or window.limit != limit:
-            window = self.windows[key] = SlidingWindow(limit, 60.0)
+        if window is None or window.limit != limit or window.window_s != span:
+            window = self.windows[key] = SlidingWindow(limit, span)
         now = self.clock.now().timestamp()
         if window.try_take(now):
             return None
