@@ -93,6 +93,18 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+def _private(path: Path) -> None:
+    """The state holds deal names, companies, amounts and requests: its folder is the user's
+    alone (0700 when dealsync creates it) and the database file is 0600. SQLite gives its
+    -wal and -shm files the database file's permissions. A file an older dealsync created
+    readable by others is tightened."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    elif path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+        os.chmod(path, 0o600)
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -131,11 +143,13 @@ class StateStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            _private(self.path)
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
-        except sqlite3.Error as exc:
-            raise ConfigError([f"state store {self.path}: cannot open: {exc}"]) from None
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError([f"state store {self.path}: cannot open: {exc}"],
+                              "check that DEALSYNC_HOME (or [state] path) is a directory this "
+                              "user can write") from None
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -179,7 +193,7 @@ class StateStore:
     def lock(self, pair: str) -> None:
         """Take the pair's lock or raise LockHeld at once."""
         lock_dir = self.path.parent / "locks"
-        lock_dir.mkdir(exist_ok=True)
+        lock_dir.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(lock_dir / f"{pair}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -279,3 +279,23 @@ def test_a_manual_update_can_leave_a_note_on_the_deal(h):
     h.sync()
     notes = h.world.deals["d1"].get("notes", [])
     assert len(notes) == 1 and "priority low waits for a manual update" in notes[0]
+
+
+# -- files -----------------------------------------------------------------------------------------
+def test_the_state_store_and_its_folder_are_private(tmp_path):
+    import os
+    import stat
+
+    from sync.state import StateStore, now_utc
+
+    store = StateStore(tmp_path / "home" / "state.db")
+    store.lock("p")
+    store.set_cursor("p", "crm", now_utc())
+    for path in ("home/state.db", "home/state.db-wal", "home/state.db-shm"):
+        assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o600, path
+    for folder in ("home", "home/locks"):
+        assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o700, folder
+    store.close()
+    os.chmod(tmp_path / "home" / "state.db", 0o644)  # made by an older dealsync
+    StateStore(tmp_path / "home" / "state.db").close()
+    assert stat.S_IMODE((tmp_path / "home" / "state.db").stat().st_mode) == 0o600
