@@ -16,6 +16,11 @@ BEGIN = "<!-- dealsync:begin -->"
 END = "<!-- dealsync:end -->"
 _BLOCK_RE = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
 
+#: A deal's request in the block is cut to this many characters: the block lists every deal
+#: behind a requirement, and trackers limit a description's length (the full text stays on
+#: the deal, and a created requirement's own description carries its requester's text).
+REQUEST_CELL_MAX = 500
+
 COLUMN_TITLES = {"name": "Deal", "company": "Company", "stage": "Stage", "amount": "Amount",
                  "close_date": "Close date", "owner": "Owner", "request": "Request"}
 
@@ -32,6 +37,12 @@ def splice(description: str, block: str) -> str:
     if _BLOCK_RE.search(description):
         return _BLOCK_RE.sub(lambda _m: block, description, count=1)
     return f"{description}\n{block}" if description.strip() else block
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying so."""
+    return text if len(text) <= limit else text[:limit].rstrip() + " … (cut: the full text is on " \
+        "the deal)"
 
 
 def open_pipeline(deals: Iterable[dict[str, Any]]) -> float:
@@ -54,7 +65,7 @@ def _cell(deal: dict[str, Any], column: str) -> str:
     if column == "amount":
         return html.escape(_money(deal.get("amount"), deal.get("currency")))
     if column == "request":
-        return html.escape(deal.get("request") or "").replace("\n", "<br>")
+        return html.escape(clip(deal.get("request") or "", REQUEST_CELL_MAX)).replace("\n", "<br>")
     return html.escape(str(deal.get(column) or ""))
 
 

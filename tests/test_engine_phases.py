@@ -299,3 +299,16 @@ def test_the_state_store_and_its_folder_are_private(tmp_path):
     os.chmod(tmp_path / "home" / "state.db", 0o644)  # made by an older dealsync
     StateStore(tmp_path / "home" / "state.db").close()
     assert stat.S_IMODE((tmp_path / "home" / "state.db").stat().st_mode) == 0o600
+
+
+def test_a_huge_request_makes_a_bounded_description(h):
+    from sync.context import REQUEST_CELL_MAX
+    from sync.engine.planners import REQUEST_BODY_MAX
+
+    body = "\n\n".join(f"Paragraph {n}: " + "x" * 990 for n in range(100))  # ~100 KB
+    h.deal("d1", "Bulk import\n" + body)
+    h.sync()
+    description = h.item_for("d1")["description"]
+    assert len(description) < REQUEST_BODY_MAX + REQUEST_CELL_MAX + 3000
+    assert description.count("(cut: the full text is on the deal)") == 2
+    assert "Paragraph 0: " in description and "Paragraph 99: " not in description

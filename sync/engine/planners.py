@@ -170,8 +170,14 @@ def initial_fields(mapping: Mapping, deal: Deal) -> dict[str, str | None]:
     return values
 
 
+#: A new requirement's description carries at most this much of the request: a 100 KB paste
+#: must not make a description the tracker refuses (the full text stays on the deal).
+REQUEST_BODY_MAX = 20_000
+
+
 def request_html(body: str) -> str:
     """The request's text (after its title line) as escaped HTML paragraphs."""
+    body = context.clip(body, REQUEST_BODY_MAX)
     paragraphs = [p.strip() for p in body.split("\n\n") if p.strip()]
     return "".join("<p>" + html.escape(p).replace("\n", "<br>") + "</p>" for p in paragraphs)
 
