@@ -65,7 +65,8 @@ def _cell(deal: dict[str, Any], column: str) -> str:
     if column == "amount":
         return html.escape(_money(deal.get("amount"), deal.get("currency")))
     if column == "request":
-        return html.escape(clip(deal.get("request") or "", REQUEST_CELL_MAX)).replace("\n", "<br>")
+        text = clip(deal.get("request") or "", REQUEST_CELL_MAX)
+        return html.escape(text).replace("\n", "<br>")
     return html.escape(str(deal.get(column) or ""))
 
 
