@@ -9,12 +9,10 @@ requirement is found again even if the state store is lost.
 from __future__ import annotations
 
 import html
-import re
 from typing import Any, Iterable
 
 BEGIN = "<!-- dealsync:begin -->"
 END = "<!-- dealsync:end -->"
-_BLOCK_RE = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
 
 #: A deal's request in the block is cut to this many characters: the block lists every deal
 #: behind a requirement, and trackers limit a description's length (the full text stays on
@@ -25,17 +23,31 @@ COLUMN_TITLES = {"name": "Deal", "company": "Company", "stage": "Stage", "amount
                  "close_date": "Close date", "owner": "Owner", "request": "Request"}
 
 
+def _span(description: str) -> tuple[int, int] | None:
+    """Where the managed block is: from the last begin marker before the last end marker.
+
+    dealsync appends its block after what people wrote, so the last block is its own. Marker
+    text a person typed or pasted above it (a block copied from another requirement, a stray
+    begin marker) is theirs and is left alone."""
+    end = description.rfind(END)
+    if end < 0:
+        return None
+    begin = description.rfind(BEGIN, 0, end)
+    return (begin, end + len(END)) if begin >= 0 else None
+
+
 def extract(description: str) -> str | None:
     """The current managed block (markers included), or None if there is none."""
-    match = _BLOCK_RE.search(description or "")
-    return match.group(0) if match else None
+    span = _span(description or "")
+    return description[span[0]:span[1]] if span else None
 
 
 def splice(description: str, block: str) -> str:
     """Replace the managed block, or append it after what people wrote."""
     description = description or ""
-    if _BLOCK_RE.search(description):
-        return _BLOCK_RE.sub(lambda _m: block, description, count=1)
+    span = _span(description)
+    if span:
+        return description[:span[0]] + block + description[span[1]:]
     return f"{description}\n{block}" if description.strip() else block
 
 

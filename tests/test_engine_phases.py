@@ -312,3 +312,20 @@ def test_a_huge_request_makes_a_bounded_description(h):
     assert len(description) < REQUEST_BODY_MAX + REQUEST_CELL_MAX + 3000
     assert description.count("(cut: the full text is on the deal)") == 2
     assert "Paragraph 0: " in description and "Paragraph 99: " not in description
+
+
+def test_marker_text_people_wrote_is_never_taken_for_the_block(h):
+    from sync.context import BEGIN, END
+
+    h.deal("d1", "Feature", amount="100")
+    h.sync()
+    item = h.item_for("d1")
+    copied = f"{BEGIN}<p>a block pasted from another item</p>{END}"
+    stray = f"PM: the list below is kept by dealsync ({BEGIN}) do not edit\n"
+    h.world.edit_item(item["id"], description=copied + stray + item["description"])
+    h.world.edit_deal("d1", amount="5000")
+    h.sync()
+    description = h.item_for("d1")["description"]
+    assert description.startswith(copied + stray)
+    assert "5,000" in description[len(copied + stray):]
+    assert h.sync()["counts"]["updated_tracker"] == 0
