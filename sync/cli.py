@@ -12,7 +12,9 @@ import csv
 import io
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,16 @@ class FunnelGroup(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: what was already written stays written, and the state "
+                       "store records it; the next run does the rest", err=True)
+            ctx.exit(errors.EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `dealsync links | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(errors.EXIT_OK)
+        except sqlite3.Error as exc:  # the local state file, not a bug in dealsync
+            report_error(state_store_error(ctx, exc), debug)
+            ctx.exit(errors.EXIT_USAGE)
         except Exception as exc:  # a bug: say so plainly; --debug shows the traceback
             if debug:
                 raise
@@ -53,6 +65,20 @@ class FunnelGroup(click.Group):
                                        "run again with --debug for the traceback, and report "
                                        "it with that output"))
             ctx.exit(errors.EXIT_INTERNAL)
+
+
+def state_store_error(ctx: click.Context, exc: sqlite3.Error) -> DealsyncError:
+    state = ctx.find_object(Context)
+    path = state.state_path() if state is not None else None
+    where = f"state store {path}" if path else "the state store"
+    if "readonly" in str(exc) or "read-only" in str(exc):
+        hint = "make the file and its folder writable by this user, or point DEALSYNC_HOME at " \
+               "a writable folder"
+    else:
+        hint = "if the file is damaged, move it aside and restore a backup, or start afresh: " \
+               "dealsync finds the requirements it created by their markers (then run " \
+               "`dealsync sync --scan-markers` once)"
+    return DealsyncError(f"{where}: {exc}", hint)
 
 
 def report_error(exc: DealsyncError, debug: bool = False) -> None:
@@ -77,6 +103,10 @@ class Context:
         if self._config is None:
             self._config = load_config(config_path(self.config_ref))
         return self._config
+
+    def state_path(self) -> Path | None:
+        """The state file in use, if the configuration got as far as naming it."""
+        return self._config.state_path if self._config is not None else None
 
     @property
     def store(self) -> StateStore:
@@ -456,8 +486,8 @@ def conflicts_resolve(state: Context, conflict_id: int, take: str | None,
         raise click.UsageError("give exactly one of --take crm|tracker or --value VALUE")
     row = next((c for c in state.store.conflicts(status="open") if c["id"] == conflict_id), None)
     if row is None:
-        raise DealsyncError(f"no open conflict #{conflict_id}",
-                            "list them with `dealsync conflicts`")
+        raise click.BadParameter(f"no open conflict #{conflict_id}; list them with "
+                                 "`dealsync conflicts`", param_hint="CONFLICT_ID")
     mapping = state.config.pairs[row["pair"]].mapping
     fm = next(f for f in mapping.fields if f.name == row["field"])
     if take == "tracker":

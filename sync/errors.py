@@ -16,17 +16,19 @@ EXIT_LOCKED = 4  # another run of the same pair holds its lock
 EXIT_SAFETY = 5  # a safety guard stopped the run; --force overrides after checking
 EXIT_REMOTE = 6  # a service failed or refused (daily limit, outage) after retries
 EXIT_PARTIAL = 7  # the run finished but some items failed and wait in the retry queue
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it (128 + SIGINT)
 
 EXIT_CODES_HELP = """\
 Exit codes:
   0  success
   1  internal error (a bug: please report it with the traceback from --debug)
-  2  bad command line, configuration or mapping file
+  2  bad command line, configuration or mapping file, or an unusable state store
   3  missing secret, rejected credentials or missing API scope
   4  another run of the same pair is in progress
   5  a safety guard stopped the run (nothing was written); re-run with --force once checked
   6  a service failed or refused after retries (outage, daily rate limit)
-  7  the run finished but some items failed; they wait in the retry queue (dealsync retry)"""
+  7  the run finished but some items failed; they wait in the retry queue (dealsync retry)
+130  interrupted (Ctrl-C); what was written stays written"""
 
 
 class DealsyncError(Exception):

@@ -258,3 +258,45 @@ def test_check_refuses_a_field_the_tracker_cannot_write_unless_it_is_manual(work
     mapping.write_text(mapping.read_text().replace(
         '[fields.priority]\n', '[fields.priority]\nmanual = true\n'))
     assert invoke(workdir, "check").exit_code == 0
+
+
+def test_a_damaged_state_store_is_named_with_what_to_do(workdir):
+    home = workdir / "home"
+    home.mkdir()
+    (home / "state.db").write_bytes(b"this is not a database" * 100)
+    result = invoke(workdir, "status")
+    assert result.exit_code == 2
+    assert f"state store {home / 'state.db'}" in result.stderr
+    assert "restore a backup" in result.stderr and "internal error" not in result.stderr
+
+
+def test_ctrl_c_is_not_a_bug(workdir, monkeypatch):
+    import sync.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sync.cli, "run_pair", interrupted)
+    result = invoke(workdir, "sync")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_resolving_a_conflict_that_is_not_open_is_a_usage_error(workdir):
+    result = invoke(workdir, "conflicts", "resolve", "99999", "--take", "crm")
+    assert result.exit_code == 2 and "no open conflict #99999" in result.stderr
+
+
+def test_a_reader_that_stops_reading_is_not_a_bug(workdir):
+    import os
+    import subprocess
+    import sys
+
+    invoke(workdir, "sync")
+    proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "-c", str(workdir / "dealsync.toml"),
+                             "links"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "DEALSYNC_HOME": str(workdir / "home")})
+    proc.stdout.close()  # `dealsync links | head -0`
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert "internal error" not in stderr and "Traceback" not in stderr
