@@ -1,9 +1,10 @@
 """The one HTTP client every connector uses.
 
 It owns the ``requests.Session`` (TLS verified, connect and read timeouts on every call), the
-client-side rate limiter, retries (``tenacity``), token refresh on 401, the mapping of failed
-responses to ``sync.errors`` types, redaction of secrets from logs and errors, and the per-endpoint
-call counts the run report shows.
+client-side rate limiter, retries (``tenacity``), token refresh when a credential is refused
+(a 401, or however ``Auth.rejected`` recognises it), the mapping of failed responses to
+``sync.errors`` types, redaction of secrets from logs and errors, and the per-endpoint call counts
+the run report shows.
 """
 
 from __future__ import annotations
@@ -48,8 +49,20 @@ class Auth:
         """Headers for the next attempt; called before every attempt so renewals take effect."""
         return {}
 
+    def params(self) -> dict[str, str]:
+        """Query parameters for the next attempt, for services that want the credential in the
+        URL (Worktile's ``access_token``, docs/worktile.md §3); redacted like any secret."""
+        return {}
+
+    def rejected(self, response: requests.Response) -> bool:
+        """Whether ``response`` says the credential was refused. A 401, unless the service
+        signals it otherwise too (Worktile mostly answers HTTP 200 with an error body,
+        docs/worktile.md §3); a rejected response is replayed once after ``refresh``."""
+        return response.status_code == 401
+
     def refresh(self) -> bool:
-        """Obtain a new credential after a 401; True means the request should be replayed."""
+        """Obtain a new credential after a rejection; True means the request should be
+        replayed."""
         return False
 
     def secret_values(self) -> list[str]:
@@ -85,10 +98,14 @@ class RefreshingToken(Auth):
         self._lock = threading.Lock()
 
     def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    def token(self) -> str:
+        """The current access token, renewed first if it is due."""
         with self._lock:
             if self._token is None or self._clock() >= self._expires_at - self._early_s:
                 self._renew()
-            return {"Authorization": f"Bearer {self._token}"}
+            return self._token  # type: ignore[return-value]
 
     def refresh(self) -> bool:
         with self._lock:
@@ -226,25 +243,42 @@ def endpoint_label(method: str, path: str) -> str:
 
 # --- rate limiting ------------------------------------------------------------------------------
 
+class _Slot:
+    """One call's place in a window: when it was sent, then when its answer came back."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float):
+        self.at = at
+
+
 class _Window:
-    """A sliding window: at most ``calls`` sends in any ``per_seconds``. Unlike a token bucket
-    it never lets a burst plus a refill exceed the documented limit within one window."""
+    """A sliding window like the server's: at most ``calls`` in any ``per_seconds``.
+
+    The server counts a call when it arrives, some time between our send and its answer. So a
+    slot is stamped when the answer is back (``RateLimiter.done``): a call sent a whole window
+    after that answer cannot arrive inside the same server window, whatever the latency, and
+    no call of ours is refused for a limit we know. Until then it counts from its send.
+    """
 
     def __init__(self, limit: RateLimit):
         self.calls = limit.calls
         self.per_seconds = limit.per_seconds
-        self.sent: deque[float] = deque()
+        self.slots: list[_Slot] = []
 
     def wait(self, now: float) -> float:
         """Seconds until this window has room (0 if it has room now)."""
-        while self.sent and now - self.sent[0] >= self.per_seconds:
-            self.sent.popleft()
-        if len(self.sent) < self.calls:
+        # one expression for "expires" in both tests, so rounding cannot make a slot count as
+        # gone in one and present in the other
+        self.slots = [s for s in self.slots if s.at + self.per_seconds > now]
+        if len(self.slots) < self.calls:
             return 0.0
-        return self.sent[0] + self.per_seconds - now
+        return min(s.at + self.per_seconds for s in self.slots) - now
 
-    def record(self, now: float) -> None:
-        self.sent.append(now)
+    def take(self, now: float) -> _Slot:
+        slot = _Slot(now)
+        self.slots.append(slot)
+        return slot
 
 
 class RateLimiter:
@@ -257,18 +291,24 @@ class RateLimiter:
         self._monotonic = monotonic
         self._lock = threading.Lock()
 
-    def acquire(self, buckets: Iterable[str]) -> None:
-        """Block until every named bucket has room, then take a slot in each at once."""
+    def acquire(self, buckets: Iterable[str]) -> list[_Slot]:
+        """Block until every named bucket has room, then take a slot in each at once; hand
+        the slots to ``done`` when the answer is back."""
         windows = [self._windows[b] for b in buckets if b in self._windows]
         while True:
             with self._lock:
                 now = self._monotonic()
                 wait = max((w.wait(now) for w in windows), default=0.0)
                 if wait <= 0:
-                    for window in windows:
-                        window.record(now)
-                    return
+                    return [window.take(now) for window in windows]
             self._sleep(wait)  # outside the lock so other buckets keep flowing
+
+    def done(self, slots: list[_Slot]) -> None:
+        """The call's answer (or failure) is back: it counts from now."""
+        now = self._monotonic()
+        with self._lock:
+            for slot in slots:
+                slot.at = max(slot.at, now)
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -343,10 +383,11 @@ class HttpClient:
                                                     "headers": headers or {}})
         try:
             response = self._send_with_retries(call)
-            # A 401 means nothing was done, so replaying even a create is safe.
-            if response.status_code == 401 and self.auth.refresh():
+            # A refused credential means nothing was done, so replaying even a create is safe.
+            if self.auth.rejected(response) and self.auth.refresh():
                 response = self._send_with_retries(call)
-            if response.status_code in ok:
+            # A refusal that arrived as HTTP 200 is an error all the same.
+            if response.status_code in ok and not self.auth.rejected(response):
                 return response
             raise self.map_error(response)
         except DealsyncError as exc:
@@ -397,26 +438,36 @@ class HttpClient:
 
     def _attempt(self, call: _Call) -> requests.Response:
         """One attempt: a response to return, ``_Retry``, or a final ``DealsyncError``."""
-        self._limiter.acquire(call.buckets)
+        # The token first: fetching it may take a while, and a slot taken before it would
+        # count from too early.
+        headers = {**self.auth.headers(), **call.kwargs["headers"]}
+        params = call.kwargs["params"]
+        auth_params = self.auth.params()  # per attempt, so a replay carries the renewed token
+        if auth_params:
+            params = {**(params or {}), **auth_params}
+        slots = self._limiter.acquire(call.buckets)
         with self._calls_lock:
             self.calls[call.label] += 1
         call.attempts += 1
-        headers = {**self.auth.headers(), **call.kwargs["headers"]}
         started = self._monotonic()
         try:
             response = self._session.request(
-                call.method, call.url, params=call.kwargs["params"], json=call.kwargs["json"],
+                call.method, call.url, params=params, json=call.kwargs["json"],
                 data=call.kwargs["data"], headers=headers, timeout=self.timeout, verify=True)
         except requests.exceptions.SSLError as exc:
+            self._limiter.done(slots)
             raise RemoteError(f"{self._where(call)}: TLS failure: {self._clean(str(exc))}",
                               hint="TLS verification stays on; if a proxy re-signs traffic, point "
                                    "REQUESTS_CA_BUNDLE at its CA certificate") from None
         except TRANSPORT_ERRORS as exc:
+            self._limiter.done(slots)
             self._log_attempt(call, type(exc).__name__, started)
             raise self._transport_failure(call, exc) from None
         except requests.RequestException as exc:
+            self._limiter.done(slots)
             raise RemoteError(f"{self._where(call)}: {self._clean(str(exc))}",
                               hint=f"check base_url of instance {self.instance!r}") from None
+        self._limiter.done(slots)
         self._log_attempt(call, response.status_code, started)
         return self._classify(call, response)
 

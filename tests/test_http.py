@@ -353,6 +353,45 @@ def test_bearer_token_never_refreshes():
     assert auth.secret_values() == ["abc"]
 
 
+class BodyRejectingToken(RefreshingToken):
+    """A service that says "token refused" in an HTTP 200 body (Worktile, docs/worktile.md §3)
+    and wants the token as a query parameter as well."""
+
+    def params(self):
+        return {"access_token": self.token()}
+
+    def rejected(self, response):
+        return response.status_code == 401 or response.json().get("ok") is False
+
+
+def test_a_refusal_in_a_200_body_refreshes_once_and_replays_with_the_new_query_token(mock,
+                                                                                  clock):
+    tokens = iter(["first", "second"])
+    client = make_client(clock, auth=BodyRejectingToken(lambda: (next(tokens),
+                                                                 time.time() + 3600)))
+    mock.add("POST", f"{BASE}/items", json={"ok": False, "error_code": 1103})
+    mock.add("POST", f"{BASE}/items", json={"_id": "x"})
+    assert client.request("POST", "/items", json={}).json() == {"_id": "x"}
+    assert [c.request.url for c in mock.calls] == [f"{BASE}/items?access_token=first",
+                                                   f"{BASE}/items?access_token=second"]
+    assert [c.request.headers["Authorization"] for c in mock.calls] == ["Bearer first",
+                                                                        "Bearer second"]
+
+
+def test_a_refusal_in_a_200_body_after_the_replay_is_an_error_not_a_result(mock, clock):
+    def map_error(response):
+        return AuthError(f"refused: {response.json()['error_code']} at {response.url}")
+
+    client = make_client(clock, auth=BodyRejectingToken(lambda: (SECRET_TOKEN,
+                                                                 time.time() + 3600)),
+                         map_error=map_error)
+    mock.add("GET", f"{BASE}/items", json={"ok": False, "error_code": 1103})
+    with pytest.raises(AuthError, match="refused: 1103") as caught:
+        client.request("GET", "/items", params={"page": 1})
+    assert len(mock.calls) == 2  # one replay, no loop
+    assert_clean(str(caught.value))  # the query token is masked like any secret
+
+
 # --- error mapping ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("status, kind", [(401, AuthError), (403, AuthError), (404, NotFound),
