@@ -2,7 +2,8 @@
 
 Every value table must cover the tracker's live states and priorities, every CRM value must be
 an option of its deal property, and the deal properties dealsync reads and writes must exist
-(``--fix`` creates them where the CRM allows it).
+(``--fix`` creates them where the CRM allows it, and prints the steps for a person where it does
+not: ``CRMConnector.field_setup_steps``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Callable
 from .config import PairConfig
 from .connectors import CRMConnector
 from .engine import Pair
+from .mapping import Mapping
 
 
 def check_pair(pair_config: PairConfig, built: Pair, fix: bool,
@@ -23,10 +25,20 @@ def check_pair(pair_config: PairConfig, built: Pair, fix: bool,
     missing = built.crm.missing_fields(wanted)
     if missing and fix:
         created = built.crm.ensure_fields({name: wanted[name] for name in missing})
-        echo(f"{pair_config.name}: created CRM properties {', '.join(created)}")
+        if created:
+            echo(f"{pair_config.name}: created CRM properties {', '.join(created)}")
         missing = [name for name in missing if name not in created]
-    problems = [f"{pair_config.name}: CRM property {name!r} does not exist (dealsync check --fix "
-                "creates it)" for name in missing]
+    setups = {setup.name: setup for setup in
+              built.crm.field_setup_steps(field_specs(mapping), field_roles(mapping))}
+    if fix:
+        for setup in setups.values():
+            echo(f"{pair_config.name}: CRM field {setup.name} must be {setup.what}; by hand:")
+            for number, step in enumerate(setup.steps, 1):
+                echo(f"  {number}. {step}")
+    problems = [f"{pair_config.name}: CRM property {name!r} does not exist; it must be "
+                f"{setups[name].what} (dealsync check --fix prints the steps)" if name in setups
+                else f"{pair_config.name}: CRM property {name!r} does not exist (dealsync check "
+                "--fix creates it)" for name in missing]
     if mapping.note_fields and type(built.crm).add_note is CRMConnector.add_note:
         problems.append(f"{pair_config.name}: {mapping.source}: notes.fields: the "
                         f"{built.crm.type_name} connector cannot write deal notes")
@@ -36,6 +48,23 @@ def check_pair(pair_config: PairConfig, built: Pair, fix: bool,
     if not problems:
         echo(f"{pair_config.name}: ok ({mapping.source})")
     return problems
+
+
+def field_specs(mapping: Mapping) -> dict[str, list[str] | None]:
+    """The deal fields the mapping needs, each value list in the mapping's order (the order a
+    person should give a picklist), not sorted as ``Mapping.crm_schema`` has it."""
+    specs = mapping.crm_schema()
+    for fm in mapping.fields:
+        if fm.values:
+            specs[fm.crm] = list(dict.fromkeys(fm.values.values()))
+    return specs
+
+
+def field_roles(mapping: Mapping) -> dict[str, str]:
+    """Which deal field is the request, the key list and the URL (``field_setup_steps``)."""
+    return {name: role for role, name in (("request", mapping.request_field),
+                                          ("key", mapping.key_field), ("url", mapping.url_field))
+            if name}
 
 
 def unwritable_problems(pair_config: PairConfig, built: Pair) -> list[str]:

@@ -308,17 +308,19 @@ def run(state: Context, every: str, pair: str | None) -> None:
               help="Folder for the demo's config and state (default: a new temporary folder).")
 @click.option("--keep-running", is_flag=True,
               help="Leave the emulators up afterwards, to run dealsync against them yourself.")
-def demo(folder: Path | None, keep_running: bool) -> None:
-    """A full sync against local HubSpot and PingCode emulators, with seeded data.
+@click.option("--crm", type=click.Choice(["hubspot", "salesforce"]), default="hubspot",
+              show_default=True, help="The CRM whose emulator the story runs against.")
+def demo(folder: Path | None, keep_running: bool, crm: str) -> None:
+    """A full sync against local HubSpot (or Salesforce) and PingCode emulators, with seeded data.
 
     Starts both emulators on free loopback ports, seeds a believable company, writes a real
-    dealsync.toml, syncs over HTTP with the shipped hubspot-pingcode mapping, plays a working
+    dealsync.toml, syncs over HTTP with the CRM's shipped *-pingcode mapping, plays a working
     day on both sides, syncs again to show what moved where, and prints the pipeline report.
     Needs no account, no secret and no network.
     """
     from .demo import run_demo
 
-    run_demo(folder, keep_running, click.echo, progress_printer(True))
+    run_demo(folder, keep_running, click.echo, progress_printer(True), crm=crm)
 
 
 # -- setting up --------------------------------------------------------------------------------

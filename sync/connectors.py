@@ -121,6 +121,16 @@ class RequirementChange:
         return not self.fields and self.description is None and self.title is None
 
 
+@dataclass(frozen=True)
+class FieldSetup:
+    """A deal field a person must create or change by hand (``CRMConnector.field_setup_steps``):
+    ``what`` it must be ("a restricted picklist with the values A, B") and the ``steps``."""
+
+    name: str
+    what: str
+    steps: tuple[str, ...]
+
+
 @dataclass
 class WriteResult:
     """The outcome of one item in a (possibly batched) write."""
@@ -301,6 +311,16 @@ class CRMConnector(Connector):
 
     def ensure_fields(self, specs: dict[str, list[str] | None]) -> list[str]:
         """Create the missing deal fields (name -> options, None for text); return the created."""
+        return []
+
+    def field_setup_steps(self, specs: dict[str, list[str] | None],
+                          roles: dict[str, str] | None = None) -> list[FieldSetup]:
+        """For a CRM whose API cannot create or change fields (``ensure_fields`` creates
+        nothing): what a person must do so that these deal fields exist with these values.
+        ``specs`` as for ``ensure_fields`` (values in the mapping's order); ``roles`` names the
+        mapping's ``request``, ``key`` and ``url`` fields. ``dealsync check`` names each
+        ``FieldSetup.what``; ``check --fix`` prints the steps. The default, ``[]``, is right for
+        a CRM that creates its fields itself."""
         return []
 
 

@@ -23,7 +23,8 @@ from .errors import PluginError
 
 log = logging.getLogger("dealsync.plugins")
 
-BUILTIN_PLUGINS = ("plugins.memory", "plugins.hubspot", "plugins.pingcode")
+BUILTIN_PLUGINS = ("plugins.memory", "plugins.hubspot", "plugins.pingcode",
+                   "plugins.salesforce")
 
 
 @dataclass(frozen=True)
