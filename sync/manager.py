@@ -24,7 +24,7 @@ from .errors import PluginError
 log = logging.getLogger("dealsync.plugins")
 
 BUILTIN_PLUGINS = ("plugins.memory", "plugins.hubspot", "plugins.pingcode",
-                   "plugins.salesforce")
+                   "plugins.salesforce", "plugins.worktile")
 
 
 @dataclass(frozen=True)

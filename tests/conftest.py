@@ -17,6 +17,7 @@ import responses
 from plugins.hubspot.emulator import HubSpotEmulator
 from plugins.memory import MemoryCRM, MemoryTracker, World
 from plugins.pingcode.emulator import PingCodeEmulator
+from plugins.worktile.emulator import WorktileEmulator
 from sync.connectors import InstanceContext
 from sync.demo import CONFIG_TEMPLATE, secrets
 from sync.engine import Options, Pair, run_pair
@@ -89,6 +90,12 @@ def hubspot_server():
 def pingcode_server():
     """One PingCode emulator (virtual clock) per test module; tests reset it as they need."""
     yield from _serve(PingCodeEmulator())
+
+
+@pytest.fixture(scope="module")
+def worktile_server():
+    """One Worktile emulator (virtual clock) per test module; tests reset it as they need."""
+    yield from _serve(WorktileEmulator())
 
 
 @contextmanager
