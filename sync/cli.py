@@ -45,6 +45,8 @@ class FunnelGroup(click.Group):
             return super().invoke(ctx)
         except DealsyncError as exc:
             report_error(exc, debug)
+            if wants_json(ctx):  # `--json` promises one document on stdout, errors included
+                emit_json({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
             ctx.exit(exc.exit_code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -65,6 +67,21 @@ class FunnelGroup(click.Group):
                                        "run again with --debug for the traceback, and report "
                                        "it with that output"))
             ctx.exit(errors.EXIT_INTERNAL)
+
+
+def _note_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta["dealsync.json"] = value  # meta is shared by every context of one invocation
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_note_json,
+                           help="One JSON document on stdout (one line unless on a terminal), "
+                                "errors included.")
+
+
+def wants_json(ctx: click.Context) -> bool:
+    """Whether the command being run was given ``--json``."""
+    return bool(ctx.meta.get("dealsync.json"))
 
 
 def state_store_error(ctx: click.Context, exc: sqlite3.Error) -> DealsyncError:
@@ -158,7 +175,10 @@ def cli(ctx: click.Context, config: str | None, verbose: int, debug: bool) -> No
 
 
 def emit_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+    """One document: indented for a person at a terminal, one line otherwise (a job appending
+    to a JSON Lines file)."""
+    indent = 2 if sys.stdout.isatty() else None
+    click.echo(json.dumps(document, indent=indent, ensure_ascii=False, default=str))
 
 
 # -- sync, retry, run ---------------------------------------------------------------------------
@@ -195,15 +215,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     counts = summary["counts"]
     click.echo(f"{summary['pair']}: {summary['status']} in {summary['duration_s']:.1f}s: "
                f"{counts['deals_read']} deals and {counts['requirements_read']} requirements read")
-    parts = [f"{counts[k]} {label}" for k, label in (
-        ("created", "requirements created"), ("relinked", "re-linked by marker"),
-        ("linked", "deals linked to the requirements they name"),
-        ("joined", "deals joined to the requirement of the same request"),
-        ("updated_tracker", "requirements updated"), ("updated_crm", "deals updated"),
-        ("notes", "deal notes added"),
-        ("conflicts", "conflicts settled by policy"), ("conflicts_queued", "conflicts waiting"),
-        ("manual_updates", "changes waiting for a manual update in the tracker"),
-        ("failures", "failed (queued for retry)"), ("orphaned", "links orphaned")) if counts[k]]
+    parts = count_words(counts)
     click.echo("  " + (", ".join(parts) if parts else "nothing to do"))
     calls = ", ".join(f"{name} {n}" for name, n in summary["api_calls"].items())
     click.echo(f"  API calls: {calls}")
@@ -215,10 +227,26 @@ def print_summary(summary: dict[str, Any]) -> None:
         click.echo(f"  ! {error}", err=True)
 
 
+COUNT_WORDS = (
+    ("created", "requirements created"), ("relinked", "re-linked by marker"),
+    ("linked", "deals linked to the requirements they name"),
+    ("joined", "deals joined to the requirement of the same request"),
+    ("updated_tracker", "requirements updated"), ("updated_crm", "deals updated"),
+    ("notes", "deal notes added"),
+    ("conflicts", "conflicts settled by policy"), ("conflicts_queued", "conflicts waiting"),
+    ("manual_updates", "changes waiting for a manual update in the tracker"),
+    ("failures", "failed (queued for retry)"), ("orphaned", "links orphaned"))
+
+
+def count_words(counts: dict[str, int]) -> list[str]:
+    """What a run did, in words, leaving out what it did not do."""
+    return [f"{counts[key]} {label}" for key, label in COUNT_WORDS if counts.get(key)]
+
+
 def sync_options(func: Callable) -> Callable:
     for option in reversed([
         click.option("--pair", "pair", metavar="NAME", help="Only this pair (default: all)."),
-        click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout."),
+        json_option,
         click.option("--force", is_flag=True,
                      help="Go past the safety guards (mass change, a side returning nothing)."),
     ]):
@@ -385,55 +413,91 @@ def check(state: Context, pair: str | None, fix: bool) -> None:
 
 # -- inspecting state ---------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_ctx
 def status(state: Context, as_json: bool) -> None:
-    """The last run of each pair, and what waits: failures, conflicts, orphaned links."""
+    """The last run of each pair, and what waits: failures, conflicts, orphaned links.
+
+    Exits with the last run's exit code when a pair's last run was stopped (a guard, an
+    outage, rejected credentials), or 7 when items wait for a retry, so a monitor can alert
+    on `dealsync status` alone.
+
+    \b
+    Example:
+      dealsync status || notify-oncall "dealsync needs a look"
+    """
     store, doc = state.store, []
     for name in state.config.pairs:
         links = store.links(name)
-        last = store.runs(name, 1)
+        runs = [r for r in store.runs(name, 20) if r["status"] != "dry-run"]
         doc.append({
-            "pair": name, "last_run": last[0] if last else None,
+            "pair": name, "last_run": runs[0] if runs else None,
             "links": len(links), "orphaned_links": [l.__dict__ for l in links if l.orphaned],
             "failures": store.failures(name),
             "open_conflicts": len(store.conflicts(name, status="open")),
             "manual_updates": store.manual_updates(name),
             "cursors": {side: (c.isoformat() if (c := store.cursor(name, side)) else None)
                         for side in ("crm", "tracker")}})
+    code = max((status_code(entry) for entry in doc), default=errors.EXIT_OK)
     if as_json:
-        emit_json(doc)
-        return
-    for entry in doc:
-        last = entry["last_run"]
-        click.echo(f"{entry['pair']}: {entry['links']} links, {len(entry['failures'])} queued "
-                   f"failures, {entry['open_conflicts']} open conflicts")
-        if last:
-            counts = last["summary"]["counts"]
-            click.echo(f"  last run {last['finished_at']} {last['status']}: "
-                       + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-        else:
-            click.echo("  never run: try `dealsync sync --dry-run`")
-        for failure in entry["failures"][:10]:
-            when = failure["next_retry_at"] or "on `dealsync retry`"
-            click.echo(f"  failed {failure['kind']} deal {failure['deal_id'] or '-'} requirement "
-                       f"{failure['req_id'] or '-'} ({failure['attempts']}x, next {when}): "
-                       f"{failure['error']}")
-        if len(entry["failures"]) > 10:
-            click.echo(f"  ... and {len(entry['failures']) - 10} more (dealsync status --json)")
-        for item in entry["manual_updates"]:
-            click.echo(f"  manual update needed since {item['first_seen'][:16]}: set "
-                       f"{item['req_key']} {item['tracker_field']} from {item['current'] or '-'}"
-                       f" to {item['value'] or '-'} in the tracker (deal "
-                       f"{', '.join(item['deal_ids'])})")
-        for orphan in entry["orphaned_links"]:
-            click.echo(f"  orphaned: deal {orphan['deal_id']} <-> {orphan['req_key']}: "
-                       f"{orphan['orphaned']}")
+        emit_json({"pairs": doc, "exit_code": code})
+    else:
+        for entry in doc:
+            print_status(entry)
+    if code:
+        sys.exit(code)
+
+
+def status_code(entry: dict[str, Any]) -> int:
+    """A stopped last run's own exit code; 7 while failed items wait; else 0."""
+    last = entry["last_run"]
+    if last and last["status"] in ("stopped", "error"):
+        return (last["summary"].get("stop") or {}).get("exit_code", errors.EXIT_INTERNAL)
+    return errors.EXIT_PARTIAL if entry["failures"] else errors.EXIT_OK
+
+
+def print_status(entry: dict[str, Any]) -> None:
+    last = entry["last_run"]
+    click.echo(f"{entry['pair']}: {entry['links']} links, {len(entry['failures'])} queued "
+               f"failures, {entry['open_conflicts']} open conflicts")
+    if last:
+        summary = last["summary"]
+        when = last["finished_at"][:19].replace("T", " ")
+        click.echo(f"  last run {last['status']} at {when} UTC after "
+                   f"{summary['duration_s']:.1f}s: "
+                   + (", ".join(count_words(summary["counts"])) or "nothing to do"))
+        stop = summary.get("stop")
+        if stop:
+            click.echo(f"  why it stopped: {stop['reason']}")
+            if stop.get("hint"):
+                click.echo(f"  what to do: {stop['hint']}")
+    else:
+        click.echo("  never run: try `dealsync sync --dry-run`")
+    print_waiting(entry)
+
+
+def print_waiting(entry: dict[str, Any]) -> None:
+    """The failures, manual updates and orphaned links of a pair, for `status`."""
+    for failure in entry["failures"][:10]:
+        when = failure["next_retry_at"] or "on `dealsync retry`"
+        click.echo(f"  failed {failure['kind']} deal {failure['deal_id'] or '-'} requirement "
+                   f"{failure['req_id'] or '-'} ({failure['attempts']}x, next {when}): "
+                   f"{failure['error']}")
+    if len(entry["failures"]) > 10:
+        click.echo(f"  ... and {len(entry['failures']) - 10} more (dealsync status --json)")
+    for item in entry["manual_updates"]:
+        click.echo(f"  manual update needed since {item['first_seen'][:16]}: set "
+                   f"{item['req_key']} {item['tracker_field']} from {item['current'] or '-'}"
+                   f" to {item['value'] or '-'} in the tracker (deal "
+                   f"{', '.join(item['deal_ids'])})")
+    for orphan in entry["orphaned_links"]:
+        click.echo(f"  orphaned: deal {orphan['deal_id']} <-> {orphan['req_key']}: "
+                   f"{orphan['orphaned']}")
 
 
 @cli.command()
 @click.option("--pair", metavar="NAME", help="Only this pair.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_ctx
 def links(state: Context, pair: str | None, as_json: bool) -> None:
     """Every link: deal, requirement, how it was made, and whether it is orphaned."""
@@ -452,7 +516,7 @@ def links(state: Context, pair: str | None, as_json: bool) -> None:
 @cli.group(cls=FunnelGroup, invoke_without_command=True)
 @click.option("--pair", metavar="NAME", help="Only this pair.")
 @click.option("--all", "show_all", is_flag=True, help="Include conflicts settled by policy.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @click.pass_context
 def conflicts(ctx: click.Context, pair: str | None, show_all: bool, as_json: bool) -> None:
     """List conflicts (open ones by default); `conflicts resolve` settles one.
@@ -532,7 +596,7 @@ def report(state: Context, pair: str | None, fmt: str) -> None:
 
 # -- plugins and secrets ------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 def plugins(as_json: bool) -> None:
     """Installed plugins (built-ins included), their versions, hooks and connectors."""
     rows = describe_plugins()
@@ -573,7 +637,7 @@ def auth_delete(instance: str, name: str) -> None:
 
 
 @auth.command("status")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_ctx
 def auth_status(state: Context, as_json: bool) -> None:
     """Where each configured secret comes from (keyring, environment, missing); never its value."""

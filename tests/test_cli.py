@@ -72,9 +72,26 @@ def test_status_shows_the_last_run(workdir):
     result = invoke(workdir, "status")
     assert result.exit_code == 0
     assert "sales-rd: 2 links" in result.output
-    assert "last run" in result.output and "created 2" in result.output
+    assert "last run ok at " in result.output and "2 requirements created" in result.output
     doc = json.loads(invoke(workdir, "status", "--json").stdout)
-    assert doc[0]["last_run"]["summary"]["counts"]["created"] == 2
+    assert doc["exit_code"] == 0
+    assert doc["pairs"][0]["last_run"]["summary"]["counts"]["created"] == 2
+
+
+def test_status_says_why_the_last_run_stopped_and_exits_with_its_code(workdir):
+    config = workdir / "dealsync.toml"
+    config.write_text(config.read_text() + "max_creates = 1\n")
+    assert invoke(workdir, "sync").exit_code == 5
+    invoke(workdir, "sync", "--dry-run")  # a dry run since does not hide the stop
+    result = invoke(workdir, "status")
+    assert result.exit_code == 5
+    assert "last run stopped at " in result.output
+    assert "why it stopped: this run (the first run of this pair) would create 2 " \
+           "requirements" in result.output
+    assert "what to do: look at them with `dealsync sync --dry-run" in result.output
+    assert json.loads(invoke(workdir, "status", "--json").stdout)["exit_code"] == 5
+    assert invoke(workdir, "sync", "--force").exit_code == 0
+    assert invoke(workdir, "status").exit_code == 0
 
 
 def test_links_report_and_conflicts(workdir):
@@ -147,7 +164,7 @@ def test_failed_item_exits_7_and_retry_finishes(workdir):
     assert doc["pairs"][0]["counts"]["failures"] == 1
     assert "has no CRM value" in doc["pairs"][0]["errors"][0]
     status = json.loads(invoke(workdir, "status", "--json").stdout)
-    assert len(status[0]["failures"]) == 1
+    assert len(status["pairs"][0]["failures"]) == 1 and status["exit_code"] == 7
     text = invoke(workdir, "status").output
     assert "1 queued failures" in text and "failed field deal - requirement item" in text
     assert "has no CRM value" in text
@@ -300,3 +317,13 @@ def test_a_reader_that_stops_reading_is_not_a_bug(workdir):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, stderr
     assert "internal error" not in stderr and "Traceback" not in stderr
+
+
+def test_json_is_one_line_for_a_job_and_one_document_on_a_config_error(workdir):
+    result = invoke(workdir, "sync", "--json")
+    assert len(result.stdout.strip().splitlines()) == 1  # appends to a .jsonl file as is
+    (workdir / "dealsync.toml").write_text("[pair.x]\ncrm = 1\n")
+    broken = invoke(workdir, "sync", "--json")
+    assert broken.exit_code == 2
+    doc = json.loads(broken.stdout)
+    assert doc["exit_code"] == 2 and "problem" in doc["error"]

@@ -329,3 +329,13 @@ def test_marker_text_people_wrote_is_never_taken_for_the_block(h):
     assert description.startswith(copied + stray)
     assert "5,000" in description[len(copied + stray):]
     assert h.sync()["counts"]["updated_tracker"] == 0
+
+
+def test_a_failure_a_later_run_fixed_leaves_the_queue_before_its_retry_time(h):
+    h.deal("d1", "Like MEM-42 please")
+    h.sync()
+    assert len(h.store.failures("p")) == 1  # the key names nothing; retried in 5 minutes
+    real = h.world.add_item("The real one")
+    h.world.edit_deal("d1", request=f"Like {real['key']} please")
+    assert h.sync()["counts"]["linked"] == 1  # not a retry: the deal changed
+    assert h.store.failures("p") == []

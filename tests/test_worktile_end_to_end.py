@@ -199,7 +199,7 @@ def test_with_writes_off_a_deal_side_priority_change_waits_for_a_person(off):
         assert off.shown(deal, "priority") == "critical"
         assert off.item("DS-2")["properties"]["priority"]["name"] == "普通"
         assert off.writes() == []  # nothing is sent to Worktile, so nothing is retried
-    listed = json.loads(off.cli("status", "--json"))[0]["manual_updates"]
+    listed = json.loads(off.cli("status", "--json"))["pairs"][0]["manual_updates"]
     assert [(m["req_key"], m["tracker_field"], m["value"]) for m in listed] == [
         ("DS-2", "priority", "最高")]
     assert [n for n in off.side.notes(deal) if "waits for a manual update" in n] == [
@@ -210,7 +210,7 @@ def test_with_writes_off_a_deal_side_priority_change_waits_for_a_person(off):
     summary = off.sync()
     assert summary["counts"]["manual_updates"] == 0
     assert "manual update needed" not in off.cli("status")
-    assert json.loads(off.cli("status", "--json"))[0]["manual_updates"] == []
+    assert json.loads(off.cli("status", "--json"))["pairs"][0]["manual_updates"] == []
     quiet = off.sync()
     assert quiet["counts"]["updated_crm"] == quiet["counts"]["updated_tracker"] == 0
     assert off.shown(deal, "priority") == "critical"

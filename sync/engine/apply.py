@@ -39,6 +39,7 @@ class Applier:
         self.counts, self.errors = counts, errors
         self.notify, self.progress = notify, progress
         self.failed: set[tuple[str, str, str]] = set()  # (kind, deal id, requirement id)
+        self.succeeded: set[tuple[str, str, str]] = set()  # the same keys, for what went through
         self._remote_failures = 0
 
     # -- failures --------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ class Applier:
                 self.store.clear_intent(self.name, action.deal_id)
         self.counts[{"named": "linked", "marker": "relinked", "same_request": "joined"}
                     [action.via]] += 1
+        self.succeeded.add(("link", action.deal_id, ""))
         self._announce(action.deal_id, action.req_key, action.req_url, created=False)
         return link
 
@@ -135,6 +137,7 @@ class Applier:
                 self.store.clear_intent(self.name, deal_id)
         self.counts["created"] += 1
         self.counts["joined"] += len(action.deal_ids) - 1
+        self.succeeded.add(("create", first, ""))
         for deal_id in action.deal_ids:
             self._announce(deal_id, req.key, req.url, created=True)
         return links
@@ -229,6 +232,7 @@ class Applier:
                 self.store.update_requirement(self.name, updated.id, updated.key, updated.url,
                                               updated.title)
             self.counts["updated_tracker"] += 1
+            self.succeeded.add(("update_tracker", "", action.req_id))
             self.progress("requirements written", step)
         return failed
 
@@ -272,6 +276,7 @@ class Applier:
                             self.store.set_deal_seen(self.name, action.deal_id,
                                                      result.updated_at)
                         written.add(action.deal_id)
+                        self.succeeded.add(("update_crm", action.deal_id, ""))
             for action, result in zip(batch, results):
                 if not result.ok:
                     self.fail("update_crm", action.deal_id, "", result.error)  # type: ignore[arg-type]

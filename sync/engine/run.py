@@ -101,6 +101,7 @@ class Run:
         self.warnings: list[str] = []
         self.actions: list[Action] = []  # in the order they were (or would be) applied
         self.waiting: list[str] = []  # dry run: what phase two cannot plan before phase one
+        self.stop: dict[str, Any] | None = None  # why the run stopped, if it did
         self._clock = time.monotonic()
         self._calls_before = self._api_calls()
 
@@ -112,6 +113,7 @@ class Run:
         except DealsyncError as exc:
             status = "stopped"
             self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.stop = {"reason": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
             raise
         finally:
             summary = self.summary(status)
@@ -198,10 +200,14 @@ class Run:
 
     def _settle(self, view: View, applier: Applier, crm_cursor: datetime | None,
                 tracker_cursor: datetime | None, positions: dict[str, int]) -> None:
-        """Close the queued items that went through, then advance the cursors."""
+        """Close the queued items that went through (those retried now, and any that this run
+        did anyway, such as a deal that now names a key that exists), then advance the
+        cursors."""
+        name = self.pair.name
         done = [f["id"] for f in view.due
                 if (f["kind"], f["deal_id"], f["req_id"]) not in applier.failed]
-        name = self.pair.name
+        done += [f["id"] for f in self.store.failures(name)
+                 if (f["kind"], f["deal_id"], f["req_id"]) in applier.succeeded]
         with self.store.transaction():
             self.store.resolve_failures(done)
             for position, value in positions.items():
@@ -224,6 +230,8 @@ class Run:
                    "duration_s": round(time.monotonic() - self._clock, 3),
                    "counts": {k: self.counts.get(k, 0) for k in COUNTS}, "api_calls": calls,
                    "errors": self.errors}
+        if self.stop is not None:
+            summary["stop"] = self.stop
         if self.options.dry_run:
             summary["plan"] = (describe_plan(self.actions) + self.waiting
                                + [f"STOP: {warning}" for warning in self.warnings])
