@@ -111,6 +111,9 @@ class Response:
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: sent as is instead of ``body`` as JSON: an HTML error page, a truncated reply
+    raw: bytes | None = None
+    content_type: str = "application/json;charset=utf-8"
 
 
 class HttpError(Exception):
@@ -134,6 +137,12 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay_ms: int = 0
     reset_connection: bool = False
+    #: answer this text instead of ``body`` as JSON (a proxy's HTML page, a cut-off body)
+    text: str | None = None
+    content_type: str = "text/html; charset=utf-8"
+    #: let the call reach the service first, then fail it this way (a reply lost after a
+    #: write was applied)
+    after_handling: bool = False
     seen: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -262,13 +271,8 @@ class Emulator:
             if not control:
                 self.calls[f"{req.method} {req.path}"] += 1
                 fault = self._fault_for(req)
-                if fault is not None:
-                    self._record(req, 0 if fault.reset_connection else fault.status, "fault")
-                    if fault.delay_ms:
-                        time.sleep(fault.delay_ms / 1000)
-                    if fault.reset_connection:
-                        return None
-                    return Response(fault.status, fault.body, dict(fault.headers))
+                if fault is not None and not fault.after_handling:
+                    return self._inject(req, fault)
                 if handler is not None:
                     limited = self.rate_limit(req)
                     if limited is not None:
@@ -278,7 +282,20 @@ class Emulator:
             response = self._run(handler, req)
             if not control:
                 self._record(req, response.status, None)
+                if fault is not None:  # the service did the work; its reply is lost
+                    return self._inject(req, fault)
             return response
+
+    def _inject(self, req: Request, fault: Fault) -> Response | None:
+        self._record(req, 0 if fault.reset_connection else fault.status, "fault")
+        if fault.delay_ms:
+            time.sleep(fault.delay_ms / 1000)
+        if fault.reset_connection:
+            return None
+        if fault.text is not None:
+            return Response(fault.status, None, dict(fault.headers),
+                            raw=fault.text.encode("utf-8"), content_type=fault.content_type)
+        return Response(fault.status, fault.body, dict(fault.headers))
 
     def _find(self, req: Request) -> Handler | None:
         for method, pattern, handler in self.routes:
@@ -344,10 +361,11 @@ class Emulator:
                     self.close_connection = True
                     self.connection.close()
                     return
-                payload = b"" if response.body is None else json.dumps(
-                    response.body, ensure_ascii=False).encode("utf-8")
+                payload = response.raw if response.raw is not None else b"" \
+                    if response.body is None else json.dumps(
+                        response.body, ensure_ascii=False).encode("utf-8")
                 self.send_response(response.status)
-                self.send_header("Content-Type", "application/json;charset=utf-8")
+                self.send_header("Content-Type", response.content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 for key, value in response.headers.items():
                     self.send_header(key, value)

@@ -9,6 +9,7 @@ requirement is found again even if the state store is lost.
 from __future__ import annotations
 
 import html
+import re
 from typing import Any, Iterable
 
 BEGIN = "<!-- dealsync:begin -->"
@@ -51,6 +52,17 @@ def splice(description: str, block: str) -> str:
     return f"{description}\n{block}" if description.strip() else block
 
 
+# Control characters (but tab and newline), bidirectional overrides and isolates (which can
+# make a title read differently from what it says), and lone surrogates (not text at all):
+# nothing a person meant to send to the other side.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def clean(text: str) -> str:
+    """``text`` without the characters above; everything else (CJK, emoji) as it was."""
+    return _UNSAFE.sub("", text)
+
+
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, saying so."""
     return text if len(text) <= limit else text[:limit].rstrip() + " … (cut: the full text is on " \
@@ -70,16 +82,16 @@ def _money(amount: float | None, currency: str | None = None) -> str:
 
 def _cell(deal: dict[str, Any], column: str) -> str:
     if column == "name":
-        name = html.escape(deal.get("name") or deal["id"])
+        name = html.escape(clean(deal.get("name") or deal["id"]))
         url = deal.get("url")
         text = f'<a href="{html.escape(url, quote=True)}">{name}</a>' if url else name
         return text + (" (gone from the CRM)" if deal.get("orphaned") else "")
     if column == "amount":
         return html.escape(_money(deal.get("amount"), deal.get("currency")))
     if column == "request":
-        text = clip(deal.get("request") or "", REQUEST_CELL_MAX)
+        text = clip(clean(deal.get("request") or ""), REQUEST_CELL_MAX)
         return html.escape(text).replace("\n", "<br>")
-    return html.escape(str(deal.get(column) or ""))
+    return html.escape(clean(str(deal.get(column) or "")))
 
 
 def render(deals: list[dict[str, Any]], columns: Iterable[str], markers: Iterable[str]) -> str:

@@ -311,6 +311,18 @@ class RateLimiter:
                 slot.at = max(slot.at, now)
 
 
+def local_limiter(instance: str, limits: dict[str, RateLimit], sleep: Callable[[float], None],
+                  monotonic: Callable[[], float]) -> RateLimiter:
+    """The limiter of a client whose instance no other process calls: windows in memory."""
+    return RateLimiter(limits, sleep, monotonic)
+
+
+#: Makes each new client's limiter: ``(instance, limits, sleep, monotonic) -> limiter`` with
+#: ``acquire``/``done`` as ``RateLimiter``. Workers that share instances across processes swap
+#: in one that keeps the windows in the state store (``sync.state.limiter``).
+limiter_factory: Callable[..., Any] = local_limiter
+
+
 # --- the client ---------------------------------------------------------------------------------
 
 class _Retry(Exception):
@@ -362,7 +374,7 @@ class HttpClient:
         self._redact = [value for value in redact if value]
         self._sleep = sleep
         self._monotonic = monotonic
-        self._limiter = RateLimiter(rate_limits or {}, sleep, monotonic)
+        self._limiter = limiter_factory(instance, rate_limits or {}, sleep, monotonic)
         self._session = session or requests.Session()
         self._calls_lock = threading.Lock()
 
@@ -394,15 +406,22 @@ class HttpClient:
             raise self._scrubbed(exc) from None
 
     def json(self, method: str, path: str, **kwargs) -> Any:
-        """``request(...)`` then its parsed JSON body, or None if the body is empty."""
+        """``request(...)`` then its parsed JSON body; None for a 204 No Content."""
         response = self.request(method, path, **kwargs)
-        if not response.content:
+        if response.status_code == 204:
             return None
+        if not response.content:  # a proxy or a failing service; never "nothing changed"
+            raise self._scrubbed(RemoteError(
+                f"{method.upper()} {redact_params(response.url)}: HTTP {response.status_code} "
+                "with an empty body where JSON was expected",
+                hint="the service or a proxy in front of it failed to answer; try again later, "
+                     "and check base_url if it persists", status=response.status_code))
         try:
             return response.json()
         except ValueError:
             raise self._scrubbed(RemoteError(
-                f"{method.upper()} {response.url}: HTTP {response.status_code} but the body is "
+                f"{method.upper()} {redact_params(response.url)}: HTTP {response.status_code} "
+                "but the body is "
                 f"not JSON: {_truncate(' '.join(response.text.split()))}",
                 hint="a proxy or error page may be answering instead of the API; check base_url",
                 status=response.status_code)) from None
@@ -547,7 +566,10 @@ class HttpClient:
         return redact_params(text)
 
     def _scrubbed(self, exc: DealsyncError) -> DealsyncError:
-        """Mask every secret in an error about to leave the client."""
+        """Name the instance in, and mask every secret of, an error about to leave the client:
+        the one funnel every connector's errors pass through."""
+        if not exc.message.startswith(self.instance):
+            exc.message = f"{self.instance}: {exc.message}"
         exc.message = self._clean(exc.message)
         exc.args = (exc.message,)
         if exc.hint:

@@ -339,3 +339,15 @@ def test_a_failure_a_later_run_fixed_leaves_the_queue_before_its_retry_time(h):
     h.world.edit_deal("d1", request=f"Like {real['key']} please")
     assert h.sync()["counts"]["linked"] == 1  # not a retry: the deal changed
     assert h.store.failures("p") == []
+
+
+def test_a_conflict_waiting_for_a_manual_update_is_recorded_once(h):
+    h.deal("d1", "Offline mode")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.unwritable.add("priority")
+    h.world.edit_item(item["id"], priority="Low")
+    h.world.edit_deal("d1", req_priority="highest")  # newest: the deal wins, Worktile-like
+    for _ in range(3):
+        h.sync()
+    assert len(h.store.conflicts("p")) == 1 and len(h.store.manual_updates("p")) == 1

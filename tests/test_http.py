@@ -410,14 +410,14 @@ def test_400_is_item_error_not_retryable_with_details(mock, client):
     with pytest.raises(ItemError) as caught:
         client.request("PATCH", "/deals/7", json={})
     assert caught.value.retryable is False
-    assert str(caught.value) == f"PATCH {BASE}/deals/7: HTTP 400: Property 'x' does not exist"
+    assert str(caught.value) == f"acme: PATCH {BASE}/deals/7: HTTP 400: Property 'x' does not exist"
 
 
 def test_404_is_not_found_and_names_the_masked_url(mock, client):
     mock.add("GET", f"{BASE}/deals/7", status=404)
     with pytest.raises(NotFound) as caught:
         client.request("GET", "/deals/7", params={"token": "abc"})
-    assert str(caught.value) == f"GET {BASE}/deals/7?token=***: HTTP 404"
+    assert str(caught.value) == f"acme: GET {BASE}/deals/7?token=***: HTTP 404"
 
 
 def test_unretried_5xx_is_remote_error_with_code(mock, client):

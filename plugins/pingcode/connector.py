@@ -74,8 +74,9 @@ def map_error(response: requests.Response) -> DealsyncError:
     elif code in ITEM_ERROR_CODES:
         error = ItemError(message, retryable=False)
     elif code == "100024":
-        error = AuthError(message, hint="check the client_id and client_secret of this instance "
-                                        "(PingCode 企业后台 → 凭据管理)")
+        error = AuthError(message, hint="check the app's client_id and client_secret (PingCode "
+                                        "企业后台 → 凭据管理) and store them again with `dealsync "
+                                        "auth set INSTANCE client_id` and `... client_secret`")
     elif code == "100038":  # rate limited, whatever the status said
         error = RemoteError(message, hint="PingCode allows 200 requests per minute per app; "
                                           "lower rate_limits.default if other tools share it",

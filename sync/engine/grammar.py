@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..context import clean
+
 #: Used only when neither the mapping nor the tracker says what a key looks like.
 GENERIC_KEY = r"[A-Z][A-Z0-9]*-\d+"
 
@@ -63,8 +65,9 @@ class KeyPattern:
 
 
 def parse_request(text: str | None, pattern: KeyPattern) -> ParsedRequest:
-    """Split what sales wrote into the keys it names, or the requirement it asks for."""
-    text = (text or "").replace("\r\n", "\n").strip()
+    """Split what sales wrote into the keys it names, or the requirement it asks for. Control
+    characters and direction overrides are dropped (``context.clean``)."""
+    text = clean((text or "").replace("\r\n", "\n")).strip()
     keys = tuple(pattern.find(text))
     if keys:
         return ParsedRequest(keys, None, "", _note(text, pattern))

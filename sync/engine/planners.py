@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import context
+from ..context import clean
 from ..connectors import Deal, Requirement, make_marker
 from ..errors import ItemError
 from ..mapping import FieldMap, Mapping
@@ -363,21 +364,26 @@ class _FieldPlanner:
                                               exc.hint or "", exc.retryable))
             return
         existing = self.open.get((req.id, fm.name))
+        manual = merged.write_tracker and fm.tracker in self.ctx.unwritable
+        listed = (req.id, fm.name) in self.view.manual
         if merged.conflict is not None:
             c = merged.conflict
-            self.records.append(RecordConflict(req.id, req.key, c.field, c.deal_ids, c.crm_values,
-                                               c.tracker_value, c.policy, c.outcome,
-                                               existing["id"] if existing else None))
+            # one whose outcome waits for a manual update comes back every run until a person
+            # makes it: it is recorded once, when the update is first listed
+            if not (manual and listed):
+                self.records.append(RecordConflict(
+                    req.id, req.key, c.field, c.deal_ids, c.crm_values, c.tracker_value,
+                    c.policy, c.outcome, existing["id"] if existing else None))
             if c.outcome is None:
                 return
         elif existing is not None:  # the sides converged meanwhile
             self.settled.append(SettleConflict(existing["id"], req.id))
         if resolution is not None:
             self.settled.append(SettleConflict(resolution["id"], req.id))
-        if merged.write_tracker and fm.tracker in self.ctx.unwritable:
+        if manual:
             self._manual(fm, req, merged, entries)
             return
-        if (req.id, fm.name) in self.view.manual:
+        if listed:
             self.records.append(CloseManualUpdate(req.id, req.key, fm.name))
         self._write(fm, req, merged)
 
@@ -427,8 +433,8 @@ class _FieldPlanner:
         # linked gets its first value without one (12,000 new links are not 12,000 notes).
         if fm.name in self.ctx.mapping.note_fields and \
                 (deal_id, req.id, fm.name) in self.view.bases:
-            draft.notes.append(f"{req.key} {req.title}: {fm.name} is now "
-                               f"{merged.tracker_value} ({value})")
+            draft.notes.append(clean(f"{req.key} {req.title}: {fm.name} is now "
+                                     f"{merged.tracker_value} ({value})"))
         if merged.write_tracker:
             draft.after.add(req.id)
 

@@ -11,7 +11,7 @@ nothing while links exist is probed by id, and the run stops if nothing comes ba
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 from ..connectors import Deal, make_marker
@@ -24,6 +24,10 @@ log = logging.getLogger("dealsync.engine")
 
 SAFETY_SAMPLE = 5  # linked records probed when a side returns nothing
 PROGRESS_EVERY = 200
+# Changes are read up to this far past the run's start: a service whose clock runs ahead of
+# this machine's stamps a change made now in what is our future, and reading only up to our
+# "now" would leave it for a later run. Cursors still never move past the run's start.
+READ_AHEAD = timedelta(hours=1)
 
 
 class Reader:
@@ -58,8 +62,9 @@ class Reader:
         linked = view.linked_deal_ids()
         crm = self.pair.crm
         deferred = crm.deferred_context
-        changes = (crm.iter_changed(since, self.started, self.properties, with_context=False)
-                   if deferred else crm.iter_changed(since, self.started, self.properties))
+        until = self.started + READ_AHEAD
+        changes = (crm.iter_changed(since, until, self.properties, with_context=False)
+                   if deferred else crm.iter_changed(since, until, self.properties))
         seen, latest, kept = 0, cursor, []
         for deal in changes:
             seen += 1
@@ -83,7 +88,7 @@ class Reader:
         since = cursor - self.pair.tracker_lookback if cursor else None
         linked = view.linked_req_ids()
         seen, latest = 0, cursor
-        for req in self.pair.tracker.iter_changed(since, self.started):
+        for req in self.pair.tracker.iter_changed(since, self.started + READ_AHEAD):
             seen += 1
             latest = max(latest, req.updated_at) if latest else req.updated_at
             if req.id in linked:
