@@ -9,6 +9,7 @@ and reported at once with the file and the key.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from .engine import DEFAULT_MAX_CREATES, Pair
 from .errors import ConfigError
 from .mapping import Mapping, load_mapping
 from .manager import connector_registry, installed_types
-from .secrets import get_secret
+from .secrets import env_var, get_secret
 
 CONFIG_NAME = "dealsync.toml"
 SIDES = ("crm", "tracker")
@@ -196,10 +197,15 @@ def _parse_instance(config_file: Path, side: str, name: str, settings: Any,
                            f"{', '.join(installed_types(side))}; plugins add more)")
         return None
     ok = True
-    for problem in registered.cls.check_settings(settings):
-        setting, _, message = problem.partition(": ")
+    secretish = _secret_settings(name, settings, registered.cls)
+    for setting, message in secretish.items():
         bad(f"{key}.{setting}", message)
         ok = False
+    for problem in registered.cls.check_settings(settings):
+        setting, _, message = problem.partition(": ")
+        if setting not in secretish:
+            bad(f"{key}.{setting}", message)
+            ok = False
     for problem in _rate_limit_problems(settings.get("rate_limits", {}), registered.cls):
         bad(f"{key}.rate_limits", problem)
         ok = False
@@ -210,6 +216,29 @@ def _parse_instance(config_file: Path, side: str, name: str, settings: Any,
     if isinstance(settings.get("path"), str):  # data files sit beside the config file
         settings = {**settings, "path": str(_relative(config_file, settings["path"]))}
     return Instance(side, name, registered.cls, settings) if ok else None
+
+
+SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|private_key)($|_)", re.I)
+# Values that are credentials whatever their key: HubSpot private-app and OAuth tokens,
+# Salesforce session ids, PEM keys, bearer tokens.
+SECRET_VALUE = re.compile(r"^(pat-[a-z0-9]+-|00D[A-Za-z0-9]{12,}!|-----BEGIN |Bearer )", re.I)
+
+
+def _secret_settings(name: str, settings: dict[str, Any],
+                     cls: type[Connector]) -> dict[str, str]:
+    """Settings that hold, or look as if they hold, a secret: the config file is read by
+    whoever can read it and often lands in version control, so they are refused."""
+    declared = {spec.name for spec in cls.secrets}
+    found = {}
+    for setting, value in settings.items():
+        named = setting in declared or (SECRET_NAME.search(setting) and
+                                        not setting.endswith(("_file", "_property")))
+        if named or (isinstance(value, str) and SECRET_VALUE.match(value)):
+            secret = setting if setting in declared else (sorted(declared) or ["NAME"])[0]
+            found[setting] = (f"looks like a secret, which never goes in the configuration: "
+                              f"store it with `dealsync auth set {name} {secret}` (or the "
+                              f"environment variable {env_var(name, secret)})")
+    return found
 
 
 def _rate_limit_problems(limits: Any, cls: type[Connector]) -> list[str]:

@@ -327,3 +327,16 @@ def test_json_is_one_line_for_a_job_and_one_document_on_a_config_error(workdir):
     assert broken.exit_code == 2
     doc = json.loads(broken.stdout)
     assert doc["exit_code"] == 2 and "problem" in doc["error"]
+
+
+def test_a_secret_in_the_configuration_is_refused_with_the_way_to_store_it(workdir):
+    config = workdir / "dealsync.toml"
+    config.write_text(config.read_text().replace(
+        'type = "memory"\npath = "crm.json"',
+        'type = "memory"\npath = "crm.json"\napi_key = "s3cr3t"\nowner = "pat-na1-0a1b2c3d"'))
+    result = invoke(workdir, "sync")
+    assert result.exit_code == 2
+    assert "crm.sales.api_key: looks like a secret" in result.stderr
+    assert "crm.sales.owner: looks like a secret" in result.stderr
+    assert "dealsync auth set sales" in result.stderr
+    assert "s3cr3t" not in result.stderr and "pat-na1" not in result.stderr
