@@ -489,6 +489,7 @@ def start(folder: Path, crm: DemoCRM | None = None,
     env = secrets(crm, tracker)
     (folder / "demo.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()),
                                      encoding="utf-8")
+    (folder / "demo.env").chmod(0o600)  # credentials, even if only the emulators'
     os.environ.update(env)
     return DemoWorld(crm, tracker, folder, config_path, [])
 

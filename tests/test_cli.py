@@ -340,3 +340,15 @@ def test_a_secret_in_the_configuration_is_refused_with_the_way_to_store_it(workd
     assert "crm.sales.owner: looks like a secret" in result.stderr
     assert "dealsync auth set sales" in result.stderr
     assert "s3cr3t" not in result.stderr and "pat-na1" not in result.stderr
+
+
+def test_everything_under_a_fresh_home_is_private_after_a_sync(workdir):
+    import stat
+
+    assert invoke(workdir, "sync").exit_code == 0
+    home = workdir / "home"
+    paths = [home, *home.rglob("*")]
+    assert any(p.name == "state.db" for p in paths) and any(p.suffix == ".lock" for p in paths)
+    for path in paths:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
