@@ -16,8 +16,8 @@ import responses
 from plugins.salesforce.connector import QueryTimeout, SalesforceConnector
 from plugins.salesforce.schema import make_id
 from sync.connectors import InstanceContext
-from sync.errors import (AuthError, ConfigError, ItemError, NotFound, RateLimitExhausted,
-                         RemoteError)
+from sync.errors import (AmbiguousWrite, AuthError, ConfigError, ItemError, NotFound,
+                         RateLimitExhausted, RemoteError)
 
 LOGIN = "https://login.salesforce.com"
 INSTANCE = "https://acme.my.salesforce.com"
@@ -401,6 +401,95 @@ def test_an_outage_stops_sending_and_fails_the_rest_for_retry(rsps, make):
     results = make().update([(oid(n), {"Priority__c": "High"}) for n in range(1, 402)])
     assert len(rsps.calls) == 6  # five attempts of the first call; the others are not sent
     assert all(not r.ok and r.error.retryable for r in results)
+
+
+# --- notes as Tasks (docs/salesforce.md §11) ----------------------------------------------------
+
+TASK = f"{API}/sobjects/Task"
+
+
+def tid(n: int) -> str:
+    return make_id("00T", n)
+
+
+def test_add_notes_creates_completed_tasks_200_per_collections_call(rsps, make):
+    token(rsps)
+    made = iter(range(1, 1000))
+
+    def answer(request):
+        body = json.loads(request.body)
+        return 200, USAGE, json.dumps([{"id": tid(next(made)), "success": True, "errors": []}
+                                       for _ in body["records"]])
+
+    rsps.add_callback(responses.POST, COLLECTIONS, callback=answer)
+    notes = [(oid(1 + n % 7), f"dealsync: SCR-{n} SSO: status is now 开发中 (In Progress)")
+             for n in range(450)]
+    results = make().add_notes(notes)
+    assert [r.id for r in results] == [deal for deal, _ in notes]
+    assert [r.record for r in results] == [tid(n) for n in range(1, 451)]
+    assert all(r.ok for r in results)
+    calls = rsps.calls[1:]
+    assert [c.request.method for c in calls] == ["POST"] * 3
+    bodies = [json.loads(c.request.body) for c in calls]
+    assert [len(b["records"]) for b in bodies] == [200, 200, 50]  # one deal many times is fine
+    assert all(b["allOrNone"] is False for b in bodies)
+    assert bodies[0]["records"][0] == {
+        "attributes": {"type": "Task"}, "Subject": notes[0][1], "Description": notes[0][1],
+        "Status": "Completed", "WhatId": oid(1), "ActivityDate": "2025-01-01",  # NOW, in UTC
+        "TaskSubtype": "Task"}
+
+
+def test_a_refused_task_fails_only_its_note(rsps, make):
+    token(rsps)
+    rsps.post(COLLECTIONS, headers=USAGE, json=[
+        {"id": tid(1), "success": True, "errors": []},
+        {"success": False, "errors": [{"statusCode": "INVALID_CROSS_REFERENCE_KEY",
+                                       "message": "invalid cross reference id",
+                                       "fields": ["WhatId"]}]},
+        {"success": False, "errors": [{"statusCode": "FIELD_INTEGRITY_EXCEPTION",
+                                       "message": "Related To ID: id value of incorrect type: "
+                                                  "005000000000001AAA", "fields": ["WhatId"]}]},
+        {"success": False, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW",
+                                       "message": "unable to obtain exclusive access",
+                                       "fields": []}]},
+        {"id": tid(2), "success": True, "errors": []}])
+    ok, gone, wrong, locked, last = make().add_notes([(oid(n), "note") for n in range(1, 6)])
+    assert (ok.record, last.record) == (tid(1), tid(2)) and ok.ok and last.ok
+    assert isinstance(gone.error, NotFound)
+    assert str(gone.error).startswith(f"acme: Salesforce refused the note (Task) on opportunity "
+                                      f"{oid(2)}: INVALID_CROSS_REFERENCE_KEY")
+    assert type(wrong.error) is ItemError and not wrong.error.retryable
+    assert "WhatId" in wrong.error.hint
+    assert locked.error.retryable and not isinstance(locked.error, NotFound)
+
+
+def test_an_ambiguous_collections_create_is_not_sent_again(rsps, make):
+    token(rsps)
+    rsps.post(COLLECTIONS, status=503, body="unavailable")  # the Tasks may exist now
+    rsps.post(COLLECTIONS, headers=USAGE, json=[{"id": tid(1), "success": True, "errors": []}])
+    results = make().add_notes([(oid(n), "note") for n in range(1, 202)])
+    assert len(rsps.calls) == 3  # token, the first call once, the second
+    assert all(isinstance(r.error, AmbiguousWrite) for r in results[:200])
+    assert results[200].ok and results[200].record == tid(1)
+
+
+def test_add_note_is_a_single_record_create(rsps, make):
+    token(rsps)
+    rsps.post(TASK, status=201, headers=USAGE,
+              json={"id": tid(7), "errors": [], "success": True})
+    rsps.post(TASK, status=400, headers=USAGE,
+              json=[{"message": "invalid cross reference id",
+                     "errorCode": "INVALID_CROSS_REFERENCE_KEY", "fields": ["WhatId"]}])
+    sf = make()
+    text = "dealsync: SCR-1 " + "长" * 300 + "\nsecond line"
+    assert sf.add_note(oid(1), text) == tid(7)
+    sent = json.loads(rsps.calls[1].request.body)
+    assert sent["Subject"] == ("dealsync: SCR-1 " + "长" * 300)[:254] + "…"
+    assert len(sent["Subject"]) == 255 and sent["Description"] == text
+    assert (sent["Status"], sent["WhatId"], sent["TaskSubtype"]) == ("Completed", oid(1), "Task")
+    with pytest.raises(NotFound, match="INVALID_CROSS_REFERENCE_KEY"):
+        sf.add_note(oid(2), "note")
+    assert len(rsps.calls) == 3  # a create is not retried
 
 
 # --- limits (docs/salesforce.md §8) -----------------------------------------------------------

@@ -593,6 +593,168 @@ def test_a_missing_custom_field_shows_everywhere(emu, api):
     assert requests.post(emu.url + "/__emu/config", json={"nope": 1}).status_code == 400
 
 
+# --- creates: Tasks on an opportunity's timeline (§11) -------------------------------------------
+
+def task(what_id: str, **fields) -> dict:
+    return {"Subject": "SCR-1 status", "Description": "SCR-1 is now Shipped",
+            "Status": "Completed", "WhatId": what_id, "ActivityDate": "2025-01-01",
+            "TaskSubtype": "Task", **fields}
+
+
+def new(record: dict, kind: str = "Task") -> dict:
+    return {"attributes": {"type": kind}, **record}
+
+
+def usage(reply: requests.Response) -> int:
+    return int(reply.headers["Sforce-Limit-Info"].split("=")[1].split("/")[0])
+
+
+def test_single_record_create_of_a_completed_task(emu, api):
+    opp = emu.seed_opportunities(1)[0]
+    reply = api.call("POST", f"{V}/sobjects/Task/", json=task(opp))
+    assert reply.status_code == 201, reply.text
+    body = reply.json()
+    assert body == {"id": body["id"], "errors": [], "success": True}
+    assert body["id"].startswith("00T") and normalize_id(body["id"]) == body["id"]
+    record = api.ok("GET", f"{V}/sobjects/Task/{body['id']}")
+    assert {k: record[k] for k in ("WhatId", "Subject", "Description", "Status", "ActivityDate",
+                                   "TaskSubtype", "IsClosed", "Priority", "OwnerId",
+                                   "AccountId")} == {
+        "WhatId": opp, "Subject": "SCR-1 status", "Description": "SCR-1 is now Shipped",
+        "Status": "Completed", "ActivityDate": "2025-01-01", "TaskSubtype": "Task",
+        "IsClosed": True, "Priority": "Normal",  # defaulted on create
+        "OwnerId": emu.integration_user,  # the API user who created it
+        "AccountId": emu.record(opp)["AccountId"]}  # from the opportunity
+    open_task = api.call("POST", f"{V}/sobjects/Task", json={"WhatId": opp}).json()
+    assert emu.record(open_task["id"], "Task")["Status"] == "Not Started"
+    assert emu.record(open_task["id"], "Task")["IsClosed"] is False
+    assert [t["Id"] for t in emu.tasks(opp)] == [body["id"], open_task["id"]]
+    listed = requests.get(emu.url + "/__emu/tasks", params={"what_id": opp}).json()["tasks"]
+    assert [t["Description"] for t in listed] == ["SCR-1 is now Shipped", None]
+    assert emu.stats()["tasks"] == 2
+    assert usage(reply) == 1  # a create is one call against the allocation (§8)
+
+
+def test_single_record_create_refusals_are_the_error_array(emu, api):
+    ids = emu.seed_opportunities(2)
+    emu.delete([ids[1]])
+    missing = id18("006" + "5g0" + "zzzzzzzzz")
+    cases = [
+        (task(missing), "INVALID_CROSS_REFERENCE_KEY", ["WhatId"]),
+        (task(ids[1]), "INVALID_CROSS_REFERENCE_KEY", ["WhatId"]),  # in the recycle bin
+        (task(emu.integration_user), "FIELD_INTEGRITY_EXCEPTION", ["WhatId"]),  # a User's id
+        (task("nope"), "MALFORMED_ID", ["WhatId"]),
+        (task(ids[0], Status="Done"), "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["Status"]),
+        (task(ids[0], Status=None), "REQUIRED_FIELD_MISSING", ["Status"]),
+        (task(ids[0], IsClosed=True), "INVALID_FIELD_FOR_INSERT_UPDATE", ["IsClosed"]),
+        (task(ids[0], Subject="x" * 256), "STRING_TOO_LONG", ["Subject"]),
+        (task(ids[0], Nope__c="x"), "INVALID_FIELD", []),
+    ]
+    for body, code, fields in cases:
+        refused = assert_error(api.call("POST", f"{V}/sobjects/Task", json=body), 400, code)
+        assert refused[0]["fields"] == fields, (code, refused)
+    assert refused[0]["message"] == "No such column 'Nope__c' on sobject of type Task"
+    wrong_type = api.call("POST", f"{V}/sobjects/Task", json=task(emu.integration_user)).json()
+    assert wrong_type[0]["message"] == \
+        f"Related To ID: id value of incorrect type: {emu.integration_user}"
+    with_id = api.call("POST", f"{V}/sobjects/Task", json={**task(ids[0]), "Id": missing})
+    assert assert_error(with_id, 400, "INVALID_FIELD")[0]["message"] == \
+        "The Id field should not be specified in the sobject data."
+    assert_error(api.call("POST", f"{V}/sobjects/Task", data="{"), 400, "JSON_PARSER_ERROR")
+    assert_error(api.call("POST", f"{V}/sobjects/User", json={"Name": "x"}), 400,
+                 "INVALID_TYPE")
+    assert emu.tasks() == []
+    # An account is a "what" too; TaskSubtype is set on create and never changed after.
+    made = api.call("POST", f"{V}/sobjects/Task",
+                    json=task(emu.record(ids[0])["AccountId"])).json()["id"]
+    assert emu.record(made, "Task")["AccountId"] == emu.record(ids[0])["AccountId"]
+    assert_error(api.call("PATCH", f"{V}/sobjects/Task/{made}", json={"TaskSubtype": "Call"}),
+                 400, "INVALID_FIELD_FOR_INSERT_UPDATE")
+    assert api.call("PATCH", f"{V}/sobjects/Task/{made}",
+                    json={"Status": "In Progress"}).status_code == 204
+    assert emu.record(made, "Task")["IsClosed"] is False
+
+
+def test_collections_create_gives_one_result_per_record_in_order(emu, api):
+    ids = emu.seed_opportunities(2)
+    emu.delete([ids[1]])
+    reply = api.call("POST", f"{V}/composite/sobjects", json={"allOrNone": False, "records": [
+        new(task(ids[0], Description="first")),
+        new(task(ids[1])),
+        new(task(ids[0], Status="Done")),
+        new({**task(ids[0]), "Id": ids[0]}),
+        new(task(ids[0], Description="second")),
+        new({"Name": "Globex renewal"}, "Opportunity"),
+        new({"Name": "Globex"}, "Account"),
+        new(task(ids[0]), "Note"),
+    ]})
+    assert reply.status_code == 200 and usage(reply) == 1
+    results = reply.json()
+    assert [r["success"] for r in results] == [True, False, False, False, True, False, True,
+                                               False]
+    assert [r["errors"][0]["statusCode"] for r in results if not r["success"]] == [
+        "INVALID_CROSS_REFERENCE_KEY", "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        "INVALID_FIELD_FOR_INSERT_UPDATE", "REQUIRED_FIELD_MISSING", "INVALID_TYPE"]
+    assert results[5]["errors"][0] == {
+        "statusCode": "REQUIRED_FIELD_MISSING",
+        "message": "Required fields are missing: [StageName, CloseDate]",
+        "fields": ["StageName", "CloseDate"]}
+    assert all("id" not in r for r in results if not r["success"])  # matched by position
+    made = [r["id"] for r in results if r["success"]]
+    assert [t["Id"] for t in emu.tasks(ids[0])] == made[:2]
+    assert [t["Description"] for t in emu.tasks(ids[0])] == ["first", "second"]
+    assert emu.record(made[2], "Account")["Name"] == "Globex"
+    assert {t["CreatedDate"] for t in emu.tasks()} == {emu.tasks()[0]["CreatedDate"]}
+
+
+def test_collections_create_all_or_none_limits_and_malformed_bodies(emu, api):
+    opp = emu.seed_opportunities(1)[0]
+    missing = id18("006" + "5g0" + "zzzzzzzzz")
+    rolled = api.call("POST", f"{V}/composite/sobjects", json={
+        "allOrNone": True, "records": [new(task(opp)), new(task(missing))]}).json()
+    assert rolled[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert rolled[1]["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+    assert emu.tasks() == []
+    too_many = api.call("POST", f"{V}/composite/sobjects",
+                        json={"records": [new(task(opp))] * 201})
+    assert_error(too_many, 400, "EXCEEDED_ID_LIMIT")
+    untyped = api.call("POST", f"{V}/composite/sobjects", json={"records": [task(opp)]})
+    assert_error(untyped, 400, "JSON_PARSER_ERROR")
+    assert emu.tasks() == []
+    full = api.call("POST", f"{V}/composite/sobjects", json={"records": [new(task(opp))] * 200})
+    assert all(r["success"] for r in full.json()) and len(emu.tasks(opp)) == 200
+
+
+def test_creates_count_against_the_daily_allocation(emu, api):
+    opp = emu.seed_opportunities(1)[0]
+    emu.configure(daily_max=2)
+    statuses = [api.call("POST", f"{V}/sobjects/Task", json=task(opp)).status_code,
+                api.call("POST", f"{V}/composite/sobjects",
+                         json={"records": [new(task(opp))] * 3}).status_code,
+                api.call("POST", f"{V}/sobjects/Task", json=task(opp)).status_code]
+    assert statuses == [201, 200, 403]
+    assert len(emu.tasks()) == 4
+
+
+def test_task_describe_and_query(emu, api):
+    described = api.ok("GET", f"{V}/sobjects/Task/describe")
+    fields = {f["name"]: f for f in described["fields"]}
+    assert described["keyPrefix"] == "00T" and described["createable"] is True
+    assert fields["WhatId"]["referenceTo"] == ["Account", "Opportunity"]
+    assert (fields["TaskSubtype"]["createable"], fields["TaskSubtype"]["updateable"]) == \
+        (True, False)
+    assert (fields["Status"]["defaultedOnCreate"], fields["Status"]["nillable"]) == (True, False)
+    assert [v["value"] for v in fields["Status"]["picklistValues"]] == [
+        "Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred"]
+    assert fields["Subject"]["type"] == "combobox" and fields["Subject"]["length"] == 255
+    opp = emu.seed_opportunities(1)[0]
+    made = api.call("POST", f"{V}/sobjects/Task", json=task(opp)).json()["id"]
+    rows = api.query(f"SELECT Id, Subject, Owner.Name FROM Task WHERE WhatId = '{opp[:15]}' "
+                     "AND IsClosed = TRUE").json()["records"]
+    assert [(r["Id"], r["Subject"], r["Owner"]["Name"]) for r in rows] == [
+        (made, "SCR-1 status", "Dealsync Integration")]
+
+
 # --- limits (§8) ---------------------------------------------------------------------------------
 
 def test_limit_header_on_every_response_counts_api_calls(emu, api):

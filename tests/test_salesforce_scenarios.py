@@ -26,6 +26,7 @@ V = "/services/data/v60.0"
 TOKEN = "POST /services/oauth2/token"
 QUERY, MORE = f"GET {V}/query", f"GET {V}/query/{{locator}}"
 COLLECTIONS = f"PATCH {V}/composite/sobjects"
+CREATE = f"POST {V}/composite/sobjects"
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
@@ -189,6 +190,34 @@ def test_api_calls_per_endpoint_for_a_read_and_a_write(emu, make):
     fetcher = make()
     assert len(fetcher.fetch(ids[:1000], ["Priority__c"])) == 1000
     assert fetcher.api_calls() == {TOKEN: 1, QUERY: 5}  # 200 ids per Id IN (...)
+
+
+# --- notes as Tasks (§11) ----------------------------------------------------------------------
+
+def test_450_notes_are_three_collections_calls_and_a_gone_deal_fails_only_its_note(emu, make):
+    ids = emu.seed_opportunities(150)
+    emu.delete([ids[7]])
+    notes = [(ids[n % 150], f"dealsync: SCR-{n} SSO: status is now 已完成 (Shipped)")
+             for n in range(450)]
+    writer = make()
+    results = writer.add_notes(notes)
+    assert writer.api_calls() == {TOKEN: 1, CREATE: 3}  # ceil(450 / 200)
+    assert emu.api_usage() == 3  # the token endpoint is no API call (§8)
+    failed = [n for n, r in enumerate(results) if not r.ok]
+    assert failed == [7, 157, 307]  # the notes on the opportunity in the recycle bin
+    assert all(isinstance(results[n].error, NotFound) for n in failed)
+    assert [r.id for r in results] == [deal for deal, _ in notes]
+    tasks = emu.tasks()
+    assert len(tasks) == 447 and [t["Id"] for t in tasks] == [r.record for r in results if r.ok]
+    assert [t["Description"] for t in emu.tasks(ids[0])] == [notes[n][1] for n in (0, 150, 300)]
+    assert {(t["Status"], t["IsClosed"], t["TaskSubtype"], t["ActivityDate"]) for t in tasks} \
+        == {("Completed", True, "Task", "2025-01-01")}
+    one = make()
+    task_id = one.add_note(ids[0], "dealsync: one more")
+    assert one.api_calls() == {TOKEN: 1, f"POST {V}/sobjects/Task": 1}
+    assert emu.tasks(ids[0])[-1]["Id"] == task_id
+    with pytest.raises(NotFound):
+        one.add_note(ids[7], "dealsync: gone")
 
 
 # --- the daily allocation (§8) ----------------------------------------------------------------

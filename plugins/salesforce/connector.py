@@ -5,8 +5,9 @@ grants and a session without an expiry time (docs/salesforce.md §1), the increm
 on ``SystemModstamp`` that keeps ties and halves its window on ``QUERY_TIMEOUT`` (§2-§4), reads
 by id, sObject Collections writes of 200 with per-record results (§6), describe for missing
 fields and picklist values, and the setup steps an admin follows because the REST API cannot
-create fields (§7), the daily API allocation (§8), and the mapping of the error array to
-``sync.errors`` (§9). Timestamps become aware UTC here and nowhere else.
+create fields (§7), the daily API allocation (§8), the mapping of the error array to
+``sync.errors`` (§9), and deal notes as completed Tasks on the opportunity (§11). Timestamps
+become aware UTC here and nowhere else.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import requests
 
 from sync.connectors import (CRMConnector, Deal, FieldSetup, InstanceContext, SecretSpec,
                              WriteResult, utc)
-from sync.errors import (AuthError, ConfigError, DealsyncError, ItemError, NotFound,
-                         RateLimitExhausted, RemoteError)
+from sync.errors import (AmbiguousWrite, AuthError, ConfigError, DealsyncError, ItemError,
+                         NotFound, RateLimitExhausted, RemoteError)
 from sync.http import HttpClient, RefreshingToken
 
 # Salesforce's id checksum (docs/salesforce.md §2), the same function the emulator uses.
@@ -50,6 +51,8 @@ DEFAULT_MAX_API_SHARE = 0.8  # public connectors stop at 80% of the allocation (
 CONTEXT_FIELDS = ("Name", "StageName", "Amount", "CloseDate", "IsClosed", "Account.Name",
                   "Owner.Name")
 LONG_TEXT_LENGTH = 32_768  # a Text Area (Long) field's default length
+TASK_SUBJECT_LENGTH = 255  # Task.Subject and Task.Description lengths (docs/salesforce.md §11)
+TASK_DESCRIPTION_LENGTH = 32_000
 USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*")
 VERSION = re.compile(r"v\d+\.\d")
@@ -238,7 +241,7 @@ class FieldPlan:
 class SalesforceConnector(CRMConnector):
     type_name = "salesforce"
     summary = ("Salesforce Opportunities (REST: SOQL on SystemModstamp, sObject Collections, "
-               "describe)")
+               "describe, notes as Tasks)")
     secrets = (
         SecretSpec("client_id", "Salesforce connected app consumer key"),
         SecretSpec("client_secret", "connected app consumer secret (auth client_credentials or "
@@ -510,13 +513,15 @@ class SalesforceConnector(CRMConnector):
             return ItemError(what, retryable=code not in REFUSED_VALUE)
         return RemoteError(what, status=status, code=code)
 
-    def _record_error(self, deal_id: str, errors: list[dict[str, Any]]) -> ItemError:
-        """A failed SaveResult's errors (``statusCode``, message, fields; §6) for one record."""
+    def _record_error(self, deal_id: str, errors: list[dict[str, Any]],
+                      what: str = "the update of opportunity") -> ItemError:
+        """A failed SaveResult's errors (``statusCode``, message, fields; §6) for one record;
+        ``what`` names the write (the note (Task) on opportunity …, §11)."""
         first = errors[0] if errors else {}
         code = first.get("statusCode") or first.get("errorCode")
         detail = "; ".join(f"{e.get('statusCode') or e.get('errorCode')}: {e.get('message')}"
                            for e in errors) or "no reason given"
-        message = f"{self.name}: Salesforce refused the update of opportunity {deal_id}: {detail}"
+        message = f"{self.name}: Salesforce refused {what} {deal_id}: {detail}"
         if code in GONE:
             return NotFound(message)
         fields = sorted({f for e in errors for f in e.get("fields") or []})
@@ -637,13 +642,28 @@ class SalesforceConnector(CRMConnector):
         """sObject Collections PATCH, 200 records per call, ``allOrNone: false``: a record's
         errors fail only that record. A call refused whole fails its records; an outage that
         retries did not cure stops sending and fails the rest as retryable."""
+        records = [(str(deal_id), {"attributes": {"type": "Opportunity"}, "id": str(deal_id),
+                                   **{name: value if value != "" else None
+                                      for name, value in values.items()}})
+                   for deal_id, values in updates]
+        # Absolute values: a replay after a 5xx writes the same values again (and the echo is
+        # suppressed by the stored base), so the call is safe to retry.
+        return self._collections("PATCH", _chunks(records, distinct=True),
+                                 "the update of opportunity")
+
+    def _collections(self, method: str, chunks: Iterable[list[tuple[str, dict[str, Any]]]],
+                     what: str) -> list[WriteResult]:
+        """One sObject Collections call per chunk of ``(deal id, record)`` (§6, §11), one
+        result per record in order. A call refused whole, or a create that may or may not have
+        happened (``AmbiguousWrite``, never re-sent), fails its records; an outage that
+        retries did not cure stops sending and fails the rest as retryable."""
         results: list[WriteResult] = []
         outage: ItemError | None = None
-        for chunk in _chunks(updates):
+        for chunk in chunks:
             failure = outage
             if failure is None:
                 try:
-                    results += self._update_chunk(chunk)
+                    results += self._collections_call(method, chunk, what)
                     continue
                 except ItemError as exc:  # refused whole, or AmbiguousWrite
                     failure = exc
@@ -654,22 +674,53 @@ class SalesforceConnector(CRMConnector):
             results += [WriteResult(deal_id, error=failure) for deal_id, _ in chunk]
         return results
 
-    def _update_chunk(self, chunk: list[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:
-        records = [{"attributes": {"type": "Opportunity"}, "id": deal_id,
-                    **{name: value if value != "" else None for name, value in values.items()}}
-                   for deal_id, values in chunk]
-        # Absolute values: a replay after a 5xx writes the same values again (and the echo is
-        # suppressed by the stored base), so the call is safe to retry.
-        saved = self._call("PATCH", f"{self.api}/composite/sobjects", idempotent=True,
-                           json={"allOrNone": False, "records": records})
+    def _collections_call(self, method: str, chunk: list[tuple[str, dict[str, Any]]],
+                          what: str) -> list[WriteResult]:
+        # PATCH writes absolute values and may be replayed; a POST creates, so sync.http never
+        # re-sends it after an ambiguous failure.
+        saved = self._call(method, f"{self.api}/composite/sobjects", idempotent=method == "PATCH",
+                           json={"allOrNone": False, "records": [r for _, r in chunk]})
         if not isinstance(saved, list) or len(saved) != len(chunk):
             raise RemoteError(f"{self.name}: sObject Collections answered "
                               f"{len(saved) if isinstance(saved, list) else 'no'} results for "
                               f"{len(chunk)} records", status=200)
         # A failed SaveResult carries no id: results match records by position (§6).
         return [WriteResult(deal_id, record=result.get("id")) if result.get("success") else
-                WriteResult(deal_id, error=self._record_error(deal_id, result.get("errors") or []))
+                WriteResult(deal_id, error=self._record_error(
+                    deal_id, result.get("errors") or [], what))
                 for (deal_id, _), result in zip(chunk, saved)]
+
+    # -- notes (docs/salesforce.md §11) -----------------------------------------------------------
+    def add_note(self, deal_id: str, text: str) -> str:
+        """One note as a completed Task on the opportunity: ``POST …/sobjects/Task`` (201 with
+        the new id); a refusal is the error array, mapped by ``map_error``. A create: never
+        re-sent after an ambiguous failure (``AmbiguousWrite``)."""
+        body = self._call("POST", f"{self.api}/sobjects/Task", json=self._task(deal_id, text))
+        if not isinstance(body, dict) or not body.get("id"):
+            raise AmbiguousWrite(f"{self.name}: Salesforce's answer to the Task create for "
+                                 f"opportunity {deal_id} names no id",
+                                 hint="the note may have been added; it is not sent again")
+        return str(body["id"])
+
+    def add_notes(self, notes: list[tuple[str, str]]) -> list[WriteResult]:
+        """Notes as completed Tasks, 200 per sObject Collections create (``POST
+        …/composite/sobjects``, ``allOrNone: false``), one result per note in order; a
+        refused Task (an opportunity gone, say) fails only its note."""
+        records = [(str(deal_id), {"attributes": {"type": "Task"}, **self._task(deal_id, text)})
+                   for deal_id, text in notes]
+        return self._collections("POST", _chunks(records, distinct=False),
+                                 "the note (Task) on opportunity")
+
+    def _task(self, deal_id: str, text: str) -> dict[str, Any]:
+        """A Task that shows on the opportunity's activity timeline as done today (UTC): the
+        note's first line as ``Subject``, the whole note as ``Description`` (plain text)."""
+        today = datetime.fromtimestamp(self._clock(), tz=timezone.utc).date()
+        first = (text.strip().splitlines() or [""])[0].strip()
+        subject = first if len(first) <= TASK_SUBJECT_LENGTH else \
+            first[:TASK_SUBJECT_LENGTH - 1] + "…"
+        return {"Subject": subject, "Description": text[:TASK_DESCRIPTION_LENGTH],
+                "Status": "Completed", "WhatId": str(deal_id),
+                "ActivityDate": today.isoformat(), "TaskSubtype": "Task"}
 
     # -- fields (docs/salesforce.md §7) -----------------------------------------------------------
     def _fields(self) -> dict[str, dict[str, Any]]:
@@ -738,17 +789,17 @@ def _new_field(name: str, values: list[str] | None, role: str | None) -> FieldPl
     return FieldPlan(name, "string", 255)
 
 
-def _chunks(updates: list[tuple[str, dict[str, str | None]]]
-            ) -> Iterator[list[tuple[str, dict[str, str | None]]]]:
-    """Up to 200 records per call, and no id twice in one call."""
-    chunk: list[tuple[str, dict[str, str | None]]] = []
+def _chunks(records: list[tuple[str, dict[str, Any]]], distinct: bool
+            ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Up to 200 ``(deal id, record)`` per Collections call (§6); with ``distinct`` (updates)
+    no deal twice in one call, while creates may carry several Tasks for one deal."""
+    chunk: list[tuple[str, dict[str, Any]]] = []
     ids: set[str] = set()
-    for deal_id, values in updates:
-        deal_id = str(deal_id)
-        if len(chunk) == COLLECTIONS_MAX or deal_id in ids:
+    for deal_id, record in records:
+        if len(chunk) == COLLECTIONS_MAX or (distinct and deal_id in ids):
             yield chunk
             chunk, ids = [], set()
-        chunk.append((deal_id, values))
+        chunk.append((deal_id, record))
         ids.add(deal_id)
     if chunk:
         yield chunk

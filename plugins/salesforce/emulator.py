@@ -11,6 +11,8 @@ It owns what a dealsync Salesforce connector, its tests, the demo and the benchm
 - ``GET …/sobjects/{object}/updated/`` and ``…/deleted/`` with ``latestDateCovered`` (§5);
 - ``GET``/``PATCH …/sobjects/{object}/{id}`` and ``PATCH …/composite/sobjects`` with per-record
   results and ``allOrNone`` (§6); ``GET …/sobjects/{object}/describe`` (§7);
+- ``POST …/sobjects/{object}/`` and ``POST …/composite/sobjects``: creates, Tasks on an
+  opportunity's timeline among them (§11);
 - ``Sforce-Limit-Info: api-usage=n/N`` on every API reply, the rolling 24-hour allocation and the
   long-request concurrency cap, both answering 403 ``REQUEST_LIMIT_EXCEEDED`` (§8).
 
@@ -19,8 +21,9 @@ Datetimes are kept to the second and printed as ``2025-01-01T00:00:00.000+0000``
 ``LastModifiedDate``. Every limit and every behaviour the docs mark as inferred is a config key
 (``default_config``, ``POST /__emu/config``). Control API, besides the kit's
 reset/config/clock/faults/requests/stats: ``POST /__emu/seed``, ``/__emu/seed/opportunities``,
-``/__emu/mutate``, ``/__emu/touch``, ``/__emu/delete``, ``/__emu/expire_tokens`` and
-``GET /__emu/records/{object}/{id}`` (with ``/history``); the same operations are plain methods.
+``/__emu/mutate``, ``/__emu/touch``, ``/__emu/delete``, ``/__emu/expire_tokens``,
+``GET /__emu/records/{object}/{id}`` (with ``/history``) and ``GET /__emu/tasks``; the same
+operations are plain methods.
 
 Run it alone with ``python -m plugins.salesforce.emulator --port N [--tls]``.
 """
@@ -42,10 +45,10 @@ from typing import Any, Callable
 from plugins.emulator import (Emulator, HttpError, RealtimeClock, Request, Response,
                               SlidingWindow, VirtualClock, parse_iso)
 from plugins.salesforce.schema import (DEFAULT_CUSTOM_FIELDS, KEY_PREFIX, OBJECT_LABELS,
-                                       STAGE_META, STAGES, STANDARD_FIELDS, ErrorItem,
-                                       FieldSpec, check_changes, custom_spec, describe_field,
-                                       make_id, normalize_id, object_fields, soql_tables,
-                                       to_json)
+                                       STAGE_META, STAGES, STANDARD_FIELDS, TASK_CLOSED,
+                                       ErrorItem, FieldSpec, check_changes, custom_spec,
+                                       describe_field, make_id, normalize_id, object_fields,
+                                       soql_tables, to_json)
 from plugins.salesforce.soql import Path, Plan, SoqlError, compile_query
 from plugins.salesforce.tls import TlsFiles, serve_tls
 
@@ -65,6 +68,7 @@ DAILY_LIMIT = [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUES
 CONCURRENT_LIMIT = [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.",
                      "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
 NOT_FOUND = "The requested resource does not exist"
+CREATEABLE = ("Opportunity", "Account", "Task")  # the emulator creates no Users
 ROLLED_BACK = {"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
                "message": "Record rolled back because not all records were valid and the request "
                           "was using AllOrNone header", "fields": []}
@@ -264,8 +268,7 @@ class SalesforceEmulator(Emulator):
         row.update(values)
         row.update({"Id": record_id, "CreatedDate": at, "CreatedById": by,
                     "LastModifiedDate": at, "LastModifiedById": by, "SystemModstamp": at})
-        if obj == "Opportunity":
-            self._derive_from_stage(row, values)
+        self._derive(obj, row, values)
         self.rows[obj][record_id] = row
         self.changes[record_id] = [{"at": to_json(at), "actor": "create", "by": by,
                                     "changed": {k: to_json(v) for k, v in values.items()}}]
@@ -279,8 +282,7 @@ class SalesforceEmulator(Emulator):
         if not changed and not self.config["touch_on_noop"]:
             return
         row.update(changes)
-        if obj == "Opportunity":
-            self._derive_from_stage(row, changes)
+        self._derive(obj, row, changes)
         row["SystemModstamp"] = at
         if actor != "system":
             row["LastModifiedDate"] = at
@@ -288,6 +290,21 @@ class SalesforceEmulator(Emulator):
         self.changes[row["Id"]].append({"at": to_json(at), "actor": actor, "by": by,
                                         "changed": {k: to_json(v) for k, v in changed.items()}})
         self.writes += 1
+
+    def _derive(self, obj: str, row: dict[str, Any], changes: dict[str, Any]) -> None:
+        """The fields Salesforce sets from others: an opportunity's from its stage, a task's
+        ``IsClosed`` from its status and ``AccountId`` from what it relates to (§11)."""
+        if obj == "Opportunity":
+            self._derive_from_stage(row, changes)
+        elif obj == "Task":
+            row["IsClosed"] = row.get("Status") in TASK_CLOSED
+            what = row.get("WhatId") or ""
+            if what.startswith(KEY_PREFIX["Account"]):
+                row["AccountId"] = what
+            elif what.startswith(KEY_PREFIX["Opportunity"]):
+                row["AccountId"] = (self.rows["Opportunity"].get(what) or {}).get("AccountId")
+            else:
+                row["AccountId"] = None
 
     @staticmethod
     def _derive_from_stage(row: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -458,6 +475,15 @@ class SalesforceEmulator(Emulator):
         with self.lock:
             return list(self.changes[normalize_id(record_id) or record_id])
 
+    def tasks(self, what_id: str | None = None) -> list[dict[str, Any]]:
+        """Every Task in creation order with every field, or those related to ``what_id``
+        (an opportunity's timeline, §11)."""
+        with self.lock:
+            what = normalize_id(what_id) if what_id is not None else None
+            return [self._render("Task", row, self._all_paths("Task"), API_VERSION)
+                    for row in self.rows["Task"].values()
+                    if not row["IsDeleted"] and (what_id is None or row["WhatId"] == what)]
+
     def expire_tokens(self, tokens: list[str] | None = None) -> int:
         """End access-token sessions now (all, or the listed ones); refresh tokens still work."""
         with self.lock:
@@ -484,6 +510,7 @@ class SalesforceEmulator(Emulator):
         return {"calls": dict(self.calls), "api_usage": self.api_usage(),
                 "daily_max": self.config["daily_max"], "limited": dict(self.limited),
                 "opportunities": sum(1 for r in opportunities if not r["IsDeleted"]),
+                "tasks": sum(1 for r in self.rows["Task"].values() if not r["IsDeleted"]),
                 "deleted": len(self.deleted_at), "writes": self.writes,
                 "open_locators": len(self._cursors), "now": to_json(self.clock.now())}
 
@@ -575,7 +602,9 @@ class SalesforceEmulator(Emulator):
         api("GET", r"/sobjects/" + OBJECT + r"/deleted/?", self._get_deleted)
         api("GET", r"/sobjects/" + OBJECT + r"/(?P<id>[^/]+)", self._get_record)
         api("PATCH", r"/sobjects/" + OBJECT + r"/(?P<id>[^/]+)", self._patch_record)
+        api("POST", r"/sobjects/" + OBJECT + r"/?", self._create_record)
         api("PATCH", r"/composite/sobjects/?", self._collections_update)
+        api("POST", r"/composite/sobjects/?", self._collections_create)
         self.route("POST", r"/__emu/seed", self._ctl(lambda b: self.seed(**_only(
             b, "accounts", "users", "opportunities"))))
         self.route("POST", r"/__emu/seed/opportunities", self._ctl(self._ctl_seed_opportunities))
@@ -594,6 +623,7 @@ class SalesforceEmulator(Emulator):
         self.route("GET", r"/__emu/records/" + OBJECT + r"/(?P<id>\w+)/history",
                    lambda r: self._ctl_record(r, lambda: {"history": self.history(
                        r.params["id"])}))
+        self.route("GET", r"/__emu/tasks", lambda r: {"tasks": self.tasks(r.arg("what_id"))})
 
     def _api(self, method: str, pattern: str,
              handler: Callable[[Request, Session], Any]) -> None:
@@ -912,6 +942,43 @@ class SalesforceEmulator(Emulator):
         self._write(obj, row, changes, at=self.now(), actor="api", by=session.user)
         return Response(204, None)
 
+    def _create_record(self, req: Request, session: Session) -> Any:
+        """``POST …/sobjects/{object}/``: 201 with ``{id, errors, success}``; a refusal is the
+        error array of §9 (§11)."""
+        obj = self._object(req)
+        body = self._body(req)
+        if not isinstance(body, dict):
+            raise fail(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        fields = {k: v for k, v in body.items() if k != "attributes"}
+        if any(k.lower() == "id" for k in fields):
+            raise fail(400, "INVALID_FIELD", "The Id field should not be specified in the "
+                                             "sobject data.")
+        values = self._creation(obj, fields, session.user)
+        row = self._insert(obj, values, self.now(), by=session.user)
+        self.writes += 1
+        return Response(201, {"id": row["Id"], "errors": [], "success": True})
+
+    def _creation(self, obj: str, fields: dict[str, Any], user: str) -> dict[str, Any]:
+        """The stored values of a new record, or the RecordError Salesforce gives for it:
+        defaults for what is left out (the owner is the user who creates it), then every
+        required field must have a value."""
+        if obj not in CREATEABLE:
+            raise RecordError.one("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
+        values = self._changes(obj, fields, creating=True)
+        specs = self.specs(obj)
+        for spec in specs:
+            if spec.name not in values:
+                if spec.default is not None:
+                    values[spec.name] = spec.default
+                elif spec.name == "OwnerId":
+                    values[spec.name] = user
+        missing = [spec.name for spec in specs if spec.required and values.get(spec.name)
+                   in (None, "")]
+        if missing:
+            raise RecordError.one("REQUIRED_FIELD_MISSING", "Required fields are missing: "
+                                  f"[{', '.join(missing)}]", missing)
+        return values
+
     def _target(self, obj: str, raw_id: Any, single: bool = False) -> dict[str, Any]:
         """The row an update or read names, or the error Salesforce gives for that id."""
         record_id = normalize_id(raw_id)
@@ -930,8 +997,9 @@ class SalesforceEmulator(Emulator):
             raise RecordError.one("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
         return row
 
-    def _changes(self, obj: str, fields: dict[str, Any]) -> dict[str, Any]:
-        changes, errors = check_changes(obj, self.specs(obj), fields, self._exists)
+    def _changes(self, obj: str, fields: dict[str, Any], creating: bool = False
+                 ) -> dict[str, Any]:
+        changes, errors = check_changes(obj, self.specs(obj), fields, self._exists, creating)
         if errors:
             raise RecordError(errors)
         return changes
@@ -943,8 +1011,35 @@ class SalesforceEmulator(Emulator):
         except HttpError:
             raise fail(400, "JSON_PARSER_ERROR", "The request body is not valid JSON") from None
 
-    # -- sObject Collections update (§6) ----------------------------------------------------------
+    # -- sObject Collections: update (§6) and create (§11) ----------------------------------------
     def _collections_update(self, req: Request, session: Session) -> Any:
+        def apply(item: tuple[str, dict[str, Any], dict[str, Any]], at: datetime) -> str:
+            obj, row, changes = item
+            self._write(obj, row, changes, at=at, actor="api", by=session.user)
+            return row["Id"]
+        return self._collections(req, self._plan, apply)
+
+    def _collections_create(self, req: Request, session: Session) -> Any:
+        def plan(record: dict[str, Any]) -> RecordError | tuple[str, dict[str, Any]]:
+            obj, fields = self._typed(record)
+            try:
+                if any(k.lower() == "id" for k in fields):
+                    raise RecordError.one("INVALID_FIELD_FOR_INSERT_UPDATE",
+                                          "cannot specify Id in an insert call", ["Id"])
+                return obj, self._creation(obj, fields, session.user)
+            except RecordError as exc:
+                return exc
+
+        def apply(item: tuple[str, dict[str, Any]], at: datetime) -> str:
+            row = self._insert(item[0], item[1], at, by=session.user)
+            self.writes += 1
+            return row["Id"]
+        return self._collections(req, plan, apply)
+
+    def _collections(self, req: Request, plan: Callable[[dict[str, Any]], Any],
+                     apply: Callable[[Any, datetime], str]) -> list[dict[str, Any]]:
+        """One SaveResult per record in request order; ``allOrNone`` rolls back the good ones
+        when any fails. A malformed body or too many records fail the whole call."""
         body = self._body(req)
         records = body.get("records") if isinstance(body, dict) else None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -953,7 +1048,7 @@ class SalesforceEmulator(Emulator):
         if len(records) > limit:
             raise fail(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than "
                        f"{limit} records into this call")
-        planned = [self._plan(record) for record in records]
+        planned = [plan(record) for record in records]
         failed = any(isinstance(p, RecordError) for p in planned)
         all_or_none = bool(body.get("allOrNone", False))
         at = self.now()  # one transaction, one second
@@ -965,28 +1060,33 @@ class SalesforceEmulator(Emulator):
             elif failed and all_or_none:
                 results.append({"success": False, "errors": [dict(ROLLED_BACK)]})
             else:
-                obj, row, changes = item
-                self._write(obj, row, changes, at=at, actor="api", by=session.user)
-                results.append({"id": row["Id"], "success": True, "errors": []})
+                results.append({"id": apply(item, at), "success": True, "errors": []})
         return results
 
-    def _plan(self, record: dict[str, Any]
-              ) -> RecordError | tuple[str, dict[str, Any], dict[str, Any]]:
+    def _typed(self, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A Collections record's ``attributes.type`` and its fields; a record without a type,
+        or (``unknown_field_in_collection: "request"``) an unknown field, fails the call."""
         attributes = record.get("attributes")
         obj = attributes.get("type") if isinstance(attributes, dict) else None
         if not isinstance(obj, str):
             raise fail(400, "JSON_PARSER_ERROR", "Each record needs an attributes map with a type")
-        fields = {k: v for k, v in record.items() if k != "attributes" and k.lower() != "id"}
+        fields = {k: v for k, v in record.items() if k != "attributes"}
         if self.config["unknown_field_in_collection"] == "request" and obj in STANDARD_FIELDS:
-            known = {spec.name.lower() for spec in self.specs(obj)}
+            known = {spec.name.lower() for spec in self.specs(obj)} | {"id"}
             for key in fields:
                 if key.lower() not in known:
                     raise fail(400, "INVALID_FIELD",
                                f"No such column '{key}' on sobject of type {obj}")
+        return obj, fields
+
+    def _plan(self, record: dict[str, Any]
+              ) -> RecordError | tuple[str, dict[str, Any], dict[str, Any]]:
+        obj, fields = self._typed(record)
+        raw_id = next((v for k, v in fields.items() if k.lower() == "id"), None)
+        fields = {k: v for k, v in fields.items() if k.lower() != "id"}
         try:
             if obj not in STANDARD_FIELDS:
                 raise RecordError.one("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
-            raw_id = next((v for k, v in record.items() if k.lower() == "id"), None)
             if raw_id in (None, ""):
                 raise RecordError.one("MISSING_ARGUMENT", "Id not specified in an update call")
             return obj, self._target(obj, raw_id), self._changes(obj, fields)

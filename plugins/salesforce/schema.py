@@ -1,8 +1,9 @@
 """What the Salesforce emulator knows about its objects: record ids, field definitions, the
 describe payload, and how a written value is checked and stored.
 
-The objects are Opportunity (docs/salesforce.md §2), and just enough of Account and User to
-answer the ``Account.Name`` and ``Owner.Name`` relationship reads. Custom fields (``…__c``) come
+The objects are Opportunity (docs/salesforce.md §2), just enough of Account and User to
+answer the ``Account.Name`` and ``Owner.Name`` relationship reads, and the Task fields a note on
+an opportunity's timeline uses (§11). Custom fields (``…__c``) come
 from the emulator's config, so a test can take one away and watch a connector notice.
 """
 
@@ -23,8 +24,8 @@ _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _CHECKSUM = string.ascii_uppercase + "012345"
 _POD = "5g0"  # two instance characters and the reserved one
 
-KEY_PREFIX = {"Opportunity": "006", "Account": "001", "User": "005", "Organization": "00D",
-              "QueryLocator": "01g"}
+KEY_PREFIX = {"Opportunity": "006", "Account": "001", "User": "005", "Task": "00T",
+              "Organization": "00D", "QueryLocator": "01g"}
 
 
 def make_id(prefix: str, number: int) -> str:
@@ -68,9 +69,22 @@ class FieldSpec:
     required: bool = False
     values: tuple[str, ...] = ()
     restricted: bool = False
-    reference_to: str | None = None
+    #: the object a lookup refers to; several for a polymorphic one (Task.WhatId)
+    reference_to: str | tuple[str, ...] | None = None
     relationship: str | None = None
     custom: bool = False
+    createable: bool | None = None  # None: as updateable
+    default: Any = None  # "Defaulted on create": the value a create that leaves it out gets
+
+    @property
+    def can_create(self) -> bool:
+        return self.updateable if self.createable is None else self.createable
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        if self.reference_to is None:
+            return ()
+        return (self.reference_to,) if isinstance(self.reference_to, str) else self.reference_to
 
 
 # StageName values of a new org: (value, default probability, forecast category, closed, won).
@@ -87,6 +101,11 @@ STAGES = (
     ("Closed Lost", 0.0, "Omitted", True, False),
 )
 STAGE_META = {stage[0]: stage[1:] for stage in STAGES}
+
+# Task (docs/salesforce.md §11): a new org's Status values, the closed one, and the subtypes.
+TASK_STATUSES = ("Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred")
+TASK_CLOSED = frozenset({"Completed"})
+TASK_SUBTYPES = ("Task", "Email", "ListEmail", "Cadence", "Call", "LinkedIn")
 
 
 def _system_fields(label: str) -> tuple[FieldSpec, ...]:
@@ -139,9 +158,29 @@ STANDARD_FIELDS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec("Email", "Email", "email", 128),
         FieldSpec("IsActive", "Active", "boolean"),
     ),
+    "Task": _system_fields("Activity") + (
+        # Polymorphic: any "what" object; of the emulator's objects, Account and Opportunity.
+        FieldSpec("WhatId", "Related To ID", "reference", 18,
+                  reference_to=("Account", "Opportunity")),
+        FieldSpec("Subject", "Subject", "combobox", 255),
+        FieldSpec("Description", "Description", "textarea", 32000),
+        FieldSpec("Status", "Status", "picklist", 40, required=True, values=TASK_STATUSES,
+                  restricted=True, default="Not Started"),
+        FieldSpec("Priority", "Priority", "picklist", 40, required=True,
+                  values=("High", "Normal", "Low"), restricted=True, default="Normal"),
+        FieldSpec("ActivityDate", "Due Date Only", "date"),
+        FieldSpec("TaskSubtype", "Task Subtype", "picklist", 40, updateable=False,
+                  createable=True, values=TASK_SUBTYPES, restricted=True),
+        FieldSpec("IsClosed", "Closed", "boolean", updateable=False),
+        FieldSpec("AccountId", "Account ID", "reference", 18, updateable=False,
+                  reference_to="Account", relationship="Account"),
+        FieldSpec("OwnerId", "Assigned To ID", "reference", 18, reference_to="User",
+                  relationship="Owner"),
+    ),
 }
 OBJECT_LABELS = {"Opportunity": ("Opportunity", "Opportunities"),
-                 "Account": ("Account", "Accounts"), "User": ("User", "Users")}
+                 "Account": ("Account", "Accounts"), "User": ("User", "Users"),
+                 "Task": ("Task", "Tasks")}
 
 CUSTOM_TYPES = {"string", "textarea", "picklist", "url", "email", "currency", "percent",
                 "double", "date", "datetime", "boolean"}
@@ -201,13 +240,14 @@ def describe_field(spec: FieldSpec) -> dict[str, Any]:
     return {
         "name": spec.name, "label": spec.label, "type": spec.type, "length": spec.length,
         "soapType": _SOAP_TYPES.get(spec.type, "xsd:string"), "custom": spec.custom,
-        "createable": spec.updateable, "updateable": spec.updateable,
-        "nillable": not spec.required and spec.type != "boolean" and spec.updateable,
+        "createable": spec.can_create, "updateable": spec.updateable,
+        "defaultedOnCreate": spec.default is not None,
+        "nillable": not spec.required and spec.type != "boolean" and spec.can_create,
         "calculated": False, "filterable": True, "sortable": spec.type != "textarea",
         "picklistValues": [{"active": True, "defaultValue": False, "label": v, "value": v,
                             "validFor": None} for v in spec.values],
         "restrictedPicklist": spec.restricted,
-        "referenceTo": [spec.reference_to] if spec.reference_to else [],
+        "referenceTo": list(spec.targets),
         "relationshipName": spec.relationship,
     }
 
@@ -228,10 +268,11 @@ ErrorItem = tuple[str, str, list[str]]  # (statusCode, message, fields)
 Exists = Callable[[str, str], bool]  # (object, 18-character id) -> is it there
 
 
-def check_changes(obj: str, specs: list[FieldSpec], incoming: dict[str, Any], exists: Exists
-                  ) -> tuple[dict[str, Any], list[ErrorItem]]:
+def check_changes(obj: str, specs: list[FieldSpec], incoming: dict[str, Any], exists: Exists,
+                  creating: bool = False) -> tuple[dict[str, Any], list[ErrorItem]]:
     """Stored values for a write of ``incoming`` (API names, any case) and the errors Salesforce
-    would report for it (docs/salesforce.md §6)."""
+    would report for it (docs/salesforce.md §6); ``creating``: a create, where the fields that
+    are createable but not updateable (Task.TaskSubtype, §11) may be set too."""
     by_name = {spec.name.lower(): spec for spec in specs}
     changes: dict[str, Any] = {}
     errors: list[ErrorItem] = []
@@ -240,7 +281,7 @@ def check_changes(obj: str, specs: list[FieldSpec], incoming: dict[str, Any], ex
         if spec is None:
             errors.append(("INVALID_FIELD", f"No such column '{key}' on sobject of type {obj}",
                            []))
-        elif not spec.updateable:
+        elif not (spec.can_create if creating else spec.updateable):
             errors.append(("INVALID_FIELD_FOR_INSERT_UPDATE", f"Unable to create/update fields: "
                            f"{spec.name}. Please check the security settings of this field and "
                            "verify that it is read/write for your profile or permission set.",
@@ -265,10 +306,13 @@ def _stored(spec: FieldSpec, raw: Any, exists: Exists) -> tuple[Any, ErrorItem |
                   f"{spec.label}: value not of required type: {raw}", [spec.name])
     if spec.type in ("id", "reference"):
         ident = normalize_id(raw)
-        target = spec.reference_to or ""
-        if ident is None or not ident.startswith(KEY_PREFIX.get(target, "?")):
-            return None, ("MALFORMED_ID", f"{spec.label}: id value of incorrect type: {raw}",
-                          [spec.name])
+        incorrect = f"{spec.label}: id value of incorrect type: {raw}"
+        if ident is None:  # not an id at all
+            return None, ("MALFORMED_ID", incorrect, [spec.name])
+        target = next((t for t in spec.targets if ident.startswith(KEY_PREFIX.get(t, "?"))),
+                      None)
+        if target is None:  # an id, of an object this lookup cannot refer to (§11)
+            return None, ("FIELD_INTEGRITY_EXCEPTION", incorrect, [spec.name])
         if not exists(target, ident):
             return None, ("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id",
                           [spec.name])

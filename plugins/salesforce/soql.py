@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
-STRING_TYPES = {"id", "reference", "string", "picklist", "textarea", "url", "email", "phone"}
+STRING_TYPES = {"id", "reference", "string", "picklist", "combobox", "textarea", "url", "email",
+                "phone"}
 NUMBER_TYPES = {"currency", "percent", "double", "int"}
 # The type word Salesforce's INVALID_FIELD message uses for each literal kind.
 SOAP_WORD = {"number": "double", "date": "date", "datetime": "dateTime", "boolean": "boolean",
