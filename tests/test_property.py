@@ -9,6 +9,7 @@ field either wins or is recorded in a conflict with its value).
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 import tempfile
 
@@ -17,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from conftest import Harness
 from sync.connectors import has_marker
+from sync.state import StateStore
 
 STATUSES = ["Open", "Planned", "In progress", "Done", "Not now"]
 PRIORITIES = ["Highest", "High", "Medium", "Low", "Lowest"]
@@ -139,6 +141,17 @@ class SyncMachine(RuleBasedStateMachine):
         self.h.world.failing_ids.clear()
 
     @rule()
+    def state_is_lost(self):
+        """The state store is wiped (a lost disk, a fresh container): the next runs must find
+        every requirement they created by its marker, and the bases again from the values."""
+        self.h.store.close()
+        self.h.store_path.unlink()
+        for suffix in ("-wal", "-shm"):
+            self.h.store_path.with_name(self.h.store_path.name + suffix).unlink(missing_ok=True)
+        self.h.store = StateStore(self.h.store_path)
+        self.pending.clear()  # with the bases gone, which edit was newest is unknowable
+
+    @rule()
     def sync(self):
         self.h.sync()
         self._check_edits()
@@ -201,6 +214,9 @@ def test_simulation():
                 finally:
                     super().teardown()
 
-    Checked.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None,
+    # CI runs the short profile; DEALSYNC_SIM_EXAMPLES=10000 is the long one (README).
+    examples = int(os.environ.get("DEALSYNC_SIM_EXAMPLES", "300"))
+    Checked.TestCase.settings = settings(max_examples=examples, stateful_step_count=40,
+                                         deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
     Checked.TestCase().runTest()
