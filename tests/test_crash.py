@@ -28,6 +28,8 @@ PER_ROUND = 8
 @pytest.fixture
 def world(tmp_path):
     with process_stack(tmp_path, "crash") as (hubspot, pingcode, config, env):
+        # a backlog of killed rounds may exceed the default max_creates; no guard is tested here
+        config.write_text(config.read_text() + "max_creates = 100000\n")
         for emulator in (hubspot, pingcode):  # ~15 ms a call, so a run lasts long enough to kill
             emulator.dispatch = slowed(emulator.dispatch)
         yield hubspot, pingcode, config, env
@@ -38,6 +40,11 @@ def slowed(dispatch):
         time.sleep(0.015)
         return dispatch(request)
     return slow
+
+
+def creates(log: list[dict]) -> int:
+    return sum(1 for r in log if r["method"] == "POST" and r["path"].endswith("/work_items")
+               and r["status"] in (200, 201))
 
 
 def integrity(env) -> str:
@@ -74,7 +81,14 @@ def test_killed_runs_never_duplicate_and_converge(world):
             pingcode.mutate("SCR-1", state=STATES[round_ % len(STATES)])
         proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "-c", str(config), "sync"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.2))  # start-up ~0.3 s, then ~1 s of API calls
+        # Let k creates land, then kill at a random moment soon after: among the creates,
+        # the links, the field writes or the notes, whatever the backlog of killed rounds.
+        let_through, log_start = rng.randrange(0, PER_ROUND), len(pingcode.log)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and \
+                creates(pingcode.log[log_start:]) < let_through:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.4))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

@@ -351,3 +351,19 @@ def test_a_conflict_waiting_for_a_manual_update_is_recorded_once(h):
     for _ in range(3):
         h.sync()
     assert len(h.store.conflicts("p")) == 1 and len(h.store.manual_updates("p")) == 1
+
+
+def test_a_requirement_update_that_fails_holds_back_only_the_values_waiting_for_it(h):
+    h.deal("d1", "Offline mode")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.edit_item(item["id"], status="Done")  # nothing leaves Done in this workflow
+    h.sync()
+    h.world.edit_deal("d1", req_status="open")  # impossible: queued, the deal keeps it
+    h.deal("d2", item["key"])  # a new deal joins meanwhile
+    summary = h.sync()
+    assert summary["counts"]["failures"] == 1
+    d2 = h.world.deals["d2"]["fields"]
+    assert d2["req_key"] == item["key"] and d2["req_status"] == "done"
+    assert h.world.deals["d1"]["fields"]["req_status"] == "open"
+    assert h.item_for("d1")["status"] == "Done"

@@ -126,8 +126,10 @@ class SyncMachine(RuleBasedStateMachine):
             self.h.world.edit_item(item_id, **{field: value})
             bases = [b for (d, r, f), b in self.h.store.bases("p").items()
                      if r == item_id and f == field]
+            # a revert only if every deal last agreed on this value (bases are per link: a
+            # write a killed run left half done can leave them different)
             self._edit(item_id, field, "tracker", value,
-                       bool(bases) and bases[0].tracker_value == value)
+                       bool(bases) and all(b.tracker_value == value for b in bases))
 
     @rule(data=st.data())
     def writes_start_failing(self, data):

@@ -182,17 +182,49 @@ class UpdateRequirement(Action):
 
 
 @dataclass(frozen=True)
+class Wait:
+    """A deal value that shows a requirement's new value, and what the deal shows instead if
+    the requirement's update fails: its current value (``write``: the deal does not show it
+    yet)."""
+
+    prop: str  # the deal property
+    field: str  # the mirrored field
+    req_id: str
+    crm_now: Value  # the requirement's current value, in CRM terms
+    tracker_now: Value
+    write: bool
+
+
+@dataclass(frozen=True)
 class UpdateDeal(Action):
     kind: ClassVar[str] = "update_deal"
     deal_id: str
     values: tuple[tuple[str, Value], ...]
     changes: tuple[str, ...]
     bases: tuple[BaseRow, ...]
-    after: tuple[str, ...]  # requirement updates that must go through first
+    #: the values that show a requirement's new value wait for its update; if it fails, the
+    #: deal shows what the requirement still shows instead (``Wait``), and its other values,
+    #: keys and link, are written regardless
+    waits: tuple[Wait, ...] = ()
 
     def describe(self) -> str:
         return f"update deal {self.deal_id}: " + "; ".join(self.changes)
 
+    def without(self, failed_reqs: set[str]) -> "UpdateDeal | None":
+        """This update as it stands when these requirement updates failed; None if it leaves
+        nothing to write."""
+        held = [w for w in self.waits if w.req_id in failed_reqs]
+        if not held:
+            return self
+        instead = {w.prop: w for w in held}
+        values = tuple((k, instead[k].crm_now if k in instead else v) for k, v in self.values
+                       if k not in instead or instead[k].write)
+        fields = {(w.req_id, w.field) for w in held}
+        bases = tuple(row for row in self.bases if (row[1], row[2]) not in fields) + tuple(
+            (self.deal_id, w.req_id, w.field, w.crm_now, w.tracker_now) for w in held)
+        if not values:
+            return None
+        return dataclasses.replace(self, values=values, bases=bases, waits=())
 
 
 @dataclass(frozen=True)

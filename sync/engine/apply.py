@@ -251,12 +251,16 @@ class Applier:
                                                     deal.updated_at)
 
     def _update_deals(self, actions: list[UpdateDeal], failed_reqs: set[str]) -> set[str]:
-        """Batches of the CRM's batch size, each stored before the next; the written deal ids."""
-        ready = []
-        for action in actions:
-            if set(action.after) & failed_reqs:
-                log.info("deal %s waits: its requirement's update failed", action.deal_id)
-            else:
+        """Batches of the CRM's batch size, each stored before the next; the deal ids written
+        in full (their notes may follow)."""
+        ready, partial = [], set()
+        for planned in actions:
+            action = planned.without(failed_reqs)
+            if action is not planned:
+                log.info("deal %s: the values waiting for a failed requirement update are "
+                         "left for the next run", planned.deal_id)
+                partial.add(planned.deal_id)
+            if action is not None:
                 ready.append(action)
         written: set[str] = set()
         size = max(1, self.pair.crm.batch_size)
@@ -282,7 +286,7 @@ class Applier:
                     self.fail("update_crm", action.deal_id, "", result.error)  # type: ignore[arg-type]
             self.counts["updated_crm"] += sum(result.ok for result in results)
             self.progress("deals written", start + len(batch))
-        return written
+        return written - partial
 
     def _add_notes(self, actions: list[AddNote]) -> None:
         """Notes tell sales what changed, after the values are written. A note that fails is

@@ -82,18 +82,29 @@ def merge_field(fm: FieldMap, req: Requirement, entries: list[Entry],
 
 def _proposals(fm: FieldMap, t: str | None, entries: list[Entry]) -> tuple[list[Proposal], bool]:
     """The deals that ask for another value than the tracker's, and whether one of them has
-    never agreed with the tracker (a new link whose deal shows something else)."""
+    never agreed with the tracker (a new link whose deal shows something else).
+
+    A new link whose deal already shows the tracker's value asks for nothing by itself; but
+    when another deal asks for a change, its value counts as an ask too (a rep may have set
+    it after the other rep's change), so the two meet as a conflict, settled by the policy
+    and recorded, instead of one silently overwriting the other."""
     proposals: list[Proposal] = []
+    agreeing: list[Proposal] = []
     unbased = False
     for e in entries:
         d = norm(e.deal.fields.get(fm.crm))
         if e.base is None:
-            if d is None or fm.same(d, t):
+            if d is None:
+                continue
+            if fm.same(d, t):
+                agreeing.append((t, e.deal.updated_at, e.deal.id, d))
                 continue
             unbased = True
         elif d == e.base.crm_value or fm.same(d, t):
             continue
         proposals.append((fm.to_tracker(d), e.deal.updated_at, e.deal.id, d))
+    if proposals and agreeing:
+        return proposals + agreeing, True
     return proposals, unbased
 
 

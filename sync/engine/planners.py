@@ -28,7 +28,7 @@ from ..mapping import FieldMap, Mapping
 from ..state import Link
 from .actions import (Action, AddNote, AgreeBase, BaseRow, CloseManualUpdate, CreateRequirement,
                       LinkRequirement, ManualUpdate, OrphanLink, RecordConflict, ReportProblem,
-                      SettleConflict, UpdateDeal, UpdateRequirement)
+                      SettleConflict, UpdateDeal, UpdateRequirement, Wait)
 from .grammar import KeyPattern, ParsedRequest, normalize_title, parse_request, request_text
 from .merge import Entry, Merged, merge_field
 from .view import IDENTITY_CHANGED, View, deal_context, norm
@@ -284,7 +284,7 @@ class _DealDraft:
     values: dict[str, str | None] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
     bases: list[BaseRow] = field(default_factory=list)
-    after: set[str] = field(default_factory=set)
+    waits: list[Wait] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -324,7 +324,7 @@ class _FieldPlanner:
             for link in self.view.links if (reason := self.view.orphan_reason(link))]
         reqs = [a for a in (d.action() for d in self.reqs.values()) if a is not None]
         deals = [UpdateDeal(d.deal_id, tuple(d.values.items()), tuple(d.changes),
-                            tuple(d.bases), tuple(sorted(d.after)))
+                            tuple(d.bases), tuple(d.waits))
                  for d in self.deals.values() if d.values]
         notes = [AddNote(d.deal_id, f"dealsync: {text}")
                  for d in self.deals.values() if d.values for text in d.notes]
@@ -436,7 +436,10 @@ class _FieldPlanner:
             draft.notes.append(clean(f"{req.key} {req.title}: {fm.name} is now "
                                      f"{merged.tracker_value} ({value})"))
         if merged.write_tracker:
-            draft.after.add(req.id)
+            now = norm(req.fields.get(fm.tracker))
+            crm_now = fm.to_crm(now)
+            shows = norm(self.view.deals[deal_id].fields.get(fm.crm))
+            draft.waits.append(Wait(fm.crm, fm.name, req.id, crm_now, now, shows != crm_now))
 
     def _link_fields(self, touched: set[str]) -> None:
         """Write the requirement keys and the primary URL onto each touched, linked deal."""

@@ -38,6 +38,9 @@ Progress = Callable[[str, int], None]
 Notify = Callable[..., None]
 
 DEFAULT_MAX_CREATES = 50
+# set once a run has finished on this state store: from then on its links are complete, and
+# markers are searched only where an intent says a create may have been lost
+MARKERS_CHECKED = "markers:checked"
 COUNTS = ("deals_read", "requirements_read", "created", "relinked", "linked", "joined",
           "updated_tracker", "updated_crm", "notes", "agreed", "conflicts", "conflicts_queued",
           "manual_updates", "failures", "orphaned")
@@ -172,9 +175,10 @@ class Run:
     def _may_have_been_created(self, view: View, asking: list[str]) -> list[str]:
         """The deals whose requirement an earlier run may have created without recording it:
         those with an intent left by a run that died between create and store, or all of them
-        when the pair has no links (a new or lost state store) or ``--scan-markers`` says the
-        store was restored from a backup. Anything else was recorded, so no search is needed."""
-        if self.options.scan_markers or not view.links:
+        until a run has finished on this store (a new or lost one: a killed run may have
+        rebuilt only part of its links) or when ``--scan-markers`` says the store was restored
+        from a backup. Anything else was recorded, so no search is needed."""
+        if self.options.scan_markers or not self.store.position(self.pair.name, MARKERS_CHECKED):
             return asking
         pending = {intent["deal_id"] for intent in self.store.intents(self.pair.name)}
         return [deal_id for deal_id in asking if deal_id in pending]
@@ -212,6 +216,7 @@ class Run:
             self.store.resolve_failures(done)
             for position, value in positions.items():
                 self.store.set_position(name, position, value)
+            self.store.set_position(name, MARKERS_CHECKED, 1)
             if crm_cursor:
                 self.store.set_cursor(name, "crm", crm_cursor)
             if tracker_cursor:
