@@ -69,8 +69,16 @@ def clip(text: str, limit: int) -> str:
         "the deal)"
 
 
-def open_pipeline(deals: Iterable[dict[str, Any]]) -> float:
-    return sum(d.get("amount") or 0.0 for d in deals if d.get("is_open") and not d.get("orphaned"))
+def pipeline_text(deals: list[dict[str, Any]]) -> str:
+    """The open pipeline, one sum per currency: amounts in different currencies are never
+    added together ("120,000 USD + 800,000 CNY"); amounts with no currency sum on their own."""
+    sums: dict[str, float] = {}
+    for deal in deals:
+        if deal.get("is_open") and not deal.get("orphaned"):
+            currency = deal.get("currency") or ""
+            sums[currency] = sums.get(currency, 0.0) + (deal.get("amount") or 0.0)
+    return " + ".join(_money(amount, currency or None)
+                      for currency, amount in sorted(sums.items())) or "0"
 
 
 def _money(amount: float | None, currency: str | None = None) -> str:
@@ -101,13 +109,12 @@ def render(deals: list[dict[str, Any]], columns: Iterable[str], markers: Iterabl
     head = "".join(f"<th>{COLUMN_TITLES[c]}</th>" for c in columns)
     rows = "".join("<tr>" + "".join(f"<td>{_cell(d, c)}</td>" for c in columns) + "</tr>"
                    for d in ordered)
-    currencies = {d.get("currency") for d in ordered if d.get("currency")}
-    total = _money(open_pipeline(ordered), currencies.pop() if len(currencies) == 1 else None)
+    total = pipeline_text(ordered)
     count = sum(1 for d in ordered if d.get("is_open") and not d.get("orphaned"))
     marker_text = "".join(f'<p data-dealsync-marker="{html.escape(m, quote=True)}">'
                           f"<small>{html.escape(m)}</small></p>" for m in sorted(markers))
     return (f"{BEGIN}<h3>Deals asking for this</h3>"
-            f"<p>Open pipeline: <strong>{html.escape(total or '0')}</strong> "
+            f"<p>Open pipeline: <strong>{html.escape(total)}</strong> "
             f"across {count} open deal{'s' if count != 1 else ''}</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
             f"{marker_text}<p><small>Kept up to date by dealsync; edits inside this block are "

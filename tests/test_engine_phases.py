@@ -367,3 +367,30 @@ def test_a_requirement_update_that_fails_holds_back_only_the_values_waiting_for_
     assert d2["req_key"] == item["key"] and d2["req_status"] == "done"
     assert h.world.deals["d1"]["fields"]["req_status"] == "open"
     assert h.item_for("d1")["status"] == "Done"
+
+
+def test_amounts_in_different_currencies_are_never_added_together():
+    from sync.context import pipeline_text
+
+    deals = [{"id": "1", "amount": 120000, "currency": "USD", "is_open": True},
+             {"id": "2", "amount": 800000, "currency": "CNY", "is_open": True},
+             {"id": "3", "amount": 5000, "currency": "USD", "is_open": True},
+             {"id": "4", "amount": 999, "currency": "EUR", "is_open": False}]
+    assert pipeline_text(deals) == "800,000 CNY + 125,000 USD"
+    assert pipeline_text([{"id": "5", "amount": 10, "is_open": True}]) == "10"
+    assert pipeline_text([]) == "0"
+
+
+def test_a_requirement_moved_to_another_project_orphans_its_links(h):
+    h.deal("d1", "Offline mode")
+    h.sync()
+    item = h.item_for("d1")
+    h.world.edit_item(item["id"], key="OPS-7", priority="Highest")  # moved by a person
+    moved = dict(h.world.items[item["id"]])
+    summary = h.sync()
+    assert summary["counts"]["orphaned"] == 1
+    (link,) = h.store.links("p")
+    assert "moved out of project MEM (it is now OPS-7)" in link.orphaned
+    assert h.world.items[item["id"]] == moved  # no longer ours to touch
+    assert h.world.deals["d1"]["fields"]["req_priority"] == "medium"  # nothing copied
+    assert h.sync()["counts"]["orphaned"] == 0

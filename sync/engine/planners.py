@@ -31,7 +31,7 @@ from .actions import (Action, AddNote, AgreeBase, BaseRow, CloseManualUpdate, Cr
                       SettleConflict, UpdateDeal, UpdateRequirement, Wait)
 from .grammar import KeyPattern, ParsedRequest, normalize_title, parse_request, request_text
 from .merge import Entry, Merged, merge_field
-from .view import IDENTITY_CHANGED, View, deal_context, norm
+from .view import NOT_OURS, View, deal_context, norm
 
 log = logging.getLogger("dealsync.engine")
 
@@ -240,7 +240,7 @@ def desired_block(view: View, ctx: PlanContext, links: list[Link]) -> str:
     """The deal-context block for a requirement with these links. A link whose requirement
     changed identity is left out: its deal never asked for the record now under that id."""
     deals = []
-    shown = [link for link in links if not (link.orphaned or "").startswith(IDENTITY_CHANGED)]
+    shown = [link for link in links if not (link.orphaned or "").startswith(NOT_OURS)]
     for link in shown:
         deal = view.deals.get(link.deal_id)
         ctx_row = ctx.context_of(deal) if deal else view.snapshots.get(link.deal_id)
@@ -312,7 +312,7 @@ class _FieldPlanner:
         by_req = self.index.by_req
         for req_id in sorted(touched & set(self.view.reqs)):
             links = by_req.get(req_id, [])
-            if links and all((link.orphaned or "").startswith(IDENTITY_CHANGED) for link in links):
+            if links and all((link.orphaned or "").startswith(NOT_OURS) for link in links):
                 continue  # not the record that was linked: it gives nothing and gets nothing
             self._requirement(self.view.reqs[req_id], links)
         self._link_fields(touched)

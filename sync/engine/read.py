@@ -52,7 +52,8 @@ class Reader:
                     due=store.failures(name, due_only=not retry_all),
                     resolved=store.conflicts(name, status="resolved"),
                     open_conflicts=store.conflicts(name, status="open"),
-                    manual={(m["req_id"], m["field"]): m for m in store.manual_updates(name)})
+                    manual={(m["req_id"], m["field"]): m for m in store.manual_updates(name)},
+                    key_prefix=self.pair.tracker.key_prefix())
 
     # -- what changed ---------------------------------------------------------------------------
     def read_deals(self, view: View) -> datetime | None:

@@ -17,9 +17,12 @@ from typing import Any
 from ..connectors import Deal, Requirement
 from ..state import Base, Link
 
-#: Orphan reasons that begin with this mean the record under the link is not the one linked,
-#: so it must never show the link's deal nor give it values (see ``docs/engine.md``).
+#: Orphan reasons that begin with these mean the record under the link is not (or no longer)
+#: the pair's: another record under a reused id, or one moved to another project. It must
+#: never show the link's deal nor give it values (see ``docs/engine.md``, "Identity").
 IDENTITY_CHANGED = "identity changed: "
+MOVED_OUT = "moved out: "
+NOT_OURS = (IDENTITY_CHANGED, MOVED_OUT)
 
 
 def norm(value: str | None) -> str | None:
@@ -50,6 +53,7 @@ class View:
     resolved: list[dict[str, Any]] = field(default_factory=list)  # conflicts a person settled
     open_conflicts: list[dict[str, Any]] = field(default_factory=list)
     manual: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # listed ones
+    key_prefix: str | None = None  # the tracker project's: a key without it moved elsewhere
 
     # -- links --------------------------------------------------------------------------------
     def add_links(self, links: list[Link]) -> None:
@@ -78,6 +82,11 @@ class View:
             return (f"{IDENTITY_CHANGED}{link.req_key} is now another record ({req.key} "
                     f"{req.title!r}, created {req.created_at:%Y-%m-%d %H:%M} UTC) than the one "
                     "this deal was linked to")
+        if req is not None and self.key_prefix and \
+                not req.key.upper().startswith(f"{self.key_prefix.upper()}-"):
+            return (f"{MOVED_OUT}{link.req_key} was moved out of project {self.key_prefix} (it "
+                    f"is now {req.key}); link the deal again by naming a key of "
+                    f"{self.key_prefix}")
         return self.gone.get(("crm", link.deal_id)) or self.gone.get(("tracker", link.req_id))
 
     def index(self) -> "LinkIndex":
