@@ -64,7 +64,8 @@ def rss_mib(pid: int) -> float:
 class Soak:
     def __init__(self, folder: Path, seed: int):
         self.rng = random.Random(seed)
-        self.hubspot, self.pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
+        self.hubspot = HubSpotEmulator(realtime=True)
+        self.pingcode = PingCodeEmulator(realtime=True)
         self.config = folder / "dealsync.toml"
         self.config.write_text(CONFIG.format(hubspot=self.hubspot.start(),
                                              pingcode=self.pingcode.start()))
