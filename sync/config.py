@@ -118,6 +118,14 @@ class Config:
     instances: dict[tuple[str, str], Instance] = field(default_factory=dict)
     pairs: dict[str, PairConfig] = field(default_factory=dict)
     state_path: Path = field(default_factory=lambda: dealsync_home() / "state.db")
+    #: a PostgreSQL state store instead of the SQLite file (``[state] state_url`` or
+    #: ``DEALSYNC_STATE_URL``); never with its password, which is the secret ``state password``
+    state_url: str | None = None
+
+    @property
+    def state_target(self) -> str | Path:
+        """What the state store is: the PostgreSQL URL if one is set, else the SQLite file."""
+        return self.state_url or self.state_path
 
     def select(self, name: str | None) -> list[PairConfig]:
         if name is None:
@@ -161,9 +169,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
                 config.instances[(side, name)] = instance
             else:
                 invalid.add((side, name))
-    state = data.get("state", {})
-    if isinstance(state, dict) and state.get("path"):
-        config.state_path = _relative(path, str(state["path"]))
+    _parse_state(config, data.get("state", {}), bad)
     pairs = data.get("pair", {})
     if not pairs:
         bad("pair", "no pairs: add a [pair.NAME] table with crm, tracker and mapping")
@@ -174,6 +180,37 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     if problems:
         raise ConfigError(problems, "fix the keys named above; `dealsync init` shows an example")
     return config
+
+
+STATE_KEYS = {"path": "the SQLite state file (default: state.db under DEALSYNC_HOME)",
+              "state_url": "a PostgreSQL state store: postgresql://USER@HOST:PORT/DATABASE"}
+
+
+def _parse_state(config: Config, state: Any, bad: Any) -> None:
+    """``[state]``: a SQLite ``path`` or a PostgreSQL ``state_url``; ``DEALSYNC_STATE_URL``
+    wins over both, so a container can point an image's configuration elsewhere."""
+    from .state.postgres import url_problems
+
+    if not isinstance(state, dict):
+        bad("state", "must be a table with path or state_url")
+        return
+    for key in sorted(set(state) - set(STATE_KEYS)):
+        bad(f"state.{key}", f"unknown key (known: {', '.join(STATE_KEYS)})")
+    if state.get("path") and state.get("state_url"):
+        bad("state", "set path (SQLite) or state_url (PostgreSQL), not both")
+    if state.get("path"):
+        config.state_path = _relative(config.path, str(state["path"]))
+    url, key = os.environ.get("DEALSYNC_STATE_URL"), "DEALSYNC_STATE_URL"
+    if not url:
+        url, key = state.get("state_url"), "state.state_url"
+    if not url:
+        return
+    if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+        bad(key, "must be a postgresql://USER@HOST:PORT/DATABASE URL")
+        return
+    for problem in url_problems(url):
+        bad(key, problem)
+    config.state_url = url
 
 
 def _relative(config_file: Path, value: str) -> Path:

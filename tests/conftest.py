@@ -23,6 +23,7 @@ from sync.demo import CONFIG_TEMPLATE, secrets
 from sync.engine import Options, Pair, run_pair
 from sync.mapping import load_mapping
 from sync.state import StateStore
+from pgcluster import pg_url, postgres_cluster  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
 DATA = Path(__file__).parent / "data"
 
