@@ -16,7 +16,7 @@ import os
 import signal
 import sqlite3
 import sys
-import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,8 +30,10 @@ from .errors import ConfigError, DealsyncError, PluginError
 from .manager import call_strict, describe_plugins, notify
 from .progress import end_progress, progress_printer
 from .report import format_report, pipeline_report
+from .report_html import render_html
 from .secrets import delete_secret, secret_source, set_secret
-from .state import StateStore
+from .state import StateStore, describe_target, is_postgres_url, open_store, store_errors
+from .workers import Supervisor, work, worker_command
 
 log = logging.getLogger("dealsync")
 
@@ -57,7 +59,7 @@ class FunnelGroup(click.Group):
         except BrokenPipeError:  # `dealsync links | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(errors.EXIT_OK)
-        except sqlite3.Error as exc:  # the local state file, not a bug in dealsync
+        except store_errors() as exc:  # the state store's database, not a bug in dealsync
             report_error(state_store_error(ctx, exc), debug)
             ctx.exit(errors.EXIT_USAGE)
         except Exception as exc:  # a bug: say so plainly; --debug shows the traceback
@@ -84,11 +86,14 @@ def wants_json(ctx: click.Context) -> bool:
     return bool(ctx.meta.get("dealsync.json"))
 
 
-def state_store_error(ctx: click.Context, exc: sqlite3.Error) -> DealsyncError:
+def state_store_error(ctx: click.Context, exc: Exception) -> DealsyncError:
     state = ctx.find_object(Context)
     path = state.state_path() if state is not None else None
-    where = f"state store {path}" if path else "the state store"
-    if "readonly" in str(exc) or "read-only" in str(exc):
+    where = f"state store {describe_target(path)}" if path else "the state store"
+    if not isinstance(exc, sqlite3.Error):  # PostgreSQL: the server or the connection
+        hint = "check that PostgreSQL is up and reachable; what was written stays written, " \
+               "and the next run resumes from there"
+    elif "readonly" in str(exc) or "read-only" in str(exc):
         hint = "make the file and its folder writable by this user, or point DEALSYNC_HOME at " \
                "a writable folder"
     else:
@@ -114,26 +119,46 @@ class Context:
         self.debug = debug
         self._config: Config | None = None
         self._store: StateStore | None = None
+        self._unshare: Callable[[], None] | None = None
 
     @property
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(config_path(self.config_ref))
+            if self._config.state_url:
+                # Other workers may call the same instances: share their rate limits
+                # through the store (sync/state/limiter.py), before any connector is built.
+                from .state.limiter import share_limits
+
+                url = self._config.state_url
+                self._unshare = share_limits(lambda: open_store(url))
         return self._config
 
-    def state_path(self) -> Path | None:
-        """The state file in use, if the configuration got as far as naming it."""
-        return self._config.state_path if self._config is not None else None
+    def state_path(self) -> Path | str | None:
+        """The state store in use (a file, or a URL without secrets), if the configuration
+        got as far as naming it."""
+        return self._config.state_target if self._config is not None else None
 
     @property
     def store(self) -> StateStore:
         if self._store is None:
-            self._store = StateStore(self.config.state_path)
+            self._store = open_store(self.config.state_target)
         return self._store
+
+    def drop_store(self) -> None:
+        """Close the store after an error of its database; the next use opens it again."""
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.close()
+            except Exception as exc:  # a connection already gone cannot close cleanly
+                log.debug("closing the state store: %s", exc)
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._unshare is not None:
+            self._unshare()
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -306,28 +331,61 @@ def parse_interval(text: str) -> float:
 
 
 @cli.command()
-@click.option("--every", default="5m", show_default=True, help="Interval: 30s, 5m, 1h.")
+@click.option("--every", default="5m", show_default=True,
+              help="How often each pair runs: 30s, 5m, 1h.")
 @click.option("--pair", metavar="NAME", help="Only this pair (default: all).")
-@pass_ctx
-def run(state: Context, every: str, pair: str | None) -> None:
-    """The scheduled job: sync, sleep, repeat. SIGTERM or Ctrl-C stops it after the current run."""
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes sharing the pairs (needs the PostgreSQL state store).")
+@click.pass_context
+def run(ctx: click.Context, every: str, pair: str | None, workers: int) -> None:
+    """The scheduled job: each pair once every interval, the most overdue first. SIGTERM or
+    Ctrl-C stops it after the current runs.
+
+    With the PostgreSQL state store, any number of workers share the pairs with no
+    coordinator: `--workers N` here, or N `dealsync run` processes or pods. A pair's lock
+    keeps two workers off one pair, and the instances' rate limits are shared among all.
+    """
+    state: Context = ctx.obj
     interval = parse_interval(every)
+    names = [p.name for p in state.config.select(pair)]
+    if workers > 1:
+        if not state.config.state_url:
+            raise click.UsageError("--workers needs the PostgreSQL state store ([state] "
+                                   "state_url or DEALSYNC_STATE_URL); with SQLite run one worker")
+        root = ctx.find_root().params
+        command = worker_command(str(config_path(state.config_ref)), root["verbose"],
+                                 root["debug"], every, pair)
+        Supervisor(command, workers).run()
+        click.echo("stopped", err=True)
+        return
     stopping = {"now": False}
 
     def stop(signum: int, _frame: Any) -> None:
         stopping["now"] = True
         log.warning("signal %s: stopping after the current run", signum)
 
+    def run_named(name: str) -> None:
+        summary = run_one(state, state.config.pairs[name], Options(notify=notify))
+        summary.pop("_exit", None)
+        print_summary(summary)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while not stopping["now"]:
-        results, _code = run_pairs(state, pair, Options(notify=notify))
-        for summary in results:
-            print_summary(summary)
-        deadline = time.monotonic() + interval
-        while not stopping["now"] and time.monotonic() < deadline:
-            time.sleep(min(1.0, deadline - time.monotonic()))
+    work(lambda: state.store, names, timedelta(seconds=interval), run_named,
+         lambda: stopping["now"], on_error=lambda exc: worker_error(state, exc, interval))
     click.echo("stopped", err=True)
+
+
+def worker_error(state: Context, exc: Exception, interval: float) -> float:
+    """A worker outlives its PostgreSQL store going away: it says so, and opens the store
+    again after a while (seconds returned). Anything else ends it as before."""
+    if not state.config.state_url or not isinstance(exc, (DealsyncError, *store_errors())):
+        raise exc
+    report_error(exc if isinstance(exc, DealsyncError) else DealsyncError(
+        f"state store {describe_target(state.config.state_target)}: {exc}",
+        "the worker opens it again shortly; runs resume where they stopped"), state.debug)
+    state.drop_store()
+    return min(interval, 30.0)
 
 
 # -- the demo ----------------------------------------------------------------------------------
@@ -338,17 +396,22 @@ def run(state: Context, every: str, pair: str | None) -> None:
               help="Leave the emulators up afterwards, to run dealsync against them yourself.")
 @click.option("--crm", type=click.Choice(["hubspot", "salesforce"]), default="hubspot",
               show_default=True, help="The CRM whose emulator the story runs against.")
-def demo(folder: Path | None, keep_running: bool, crm: str) -> None:
-    """A full sync against local HubSpot (or Salesforce) and PingCode emulators, with seeded data.
+@click.option("--tracker", type=click.Choice(["pingcode", "worktile"]), default="pingcode",
+              show_default=True, help="The tracker whose emulator the story runs against.")
+def demo(folder: Path | None, keep_running: bool, crm: str, tracker: str) -> None:
+    """A full sync against local CRM and tracker emulators, with seeded data.
 
-    Starts both emulators on free loopback ports, seeds a believable company, writes a real
-    dealsync.toml, syncs over HTTP with the CRM's shipped *-pingcode mapping, plays a working
-    day on both sides, syncs again to show what moved where, and prints the pipeline report.
-    Needs no account, no secret and no network.
+    Starts a HubSpot (or Salesforce) emulator and a PingCode (or Worktile) emulator on free
+    loopback ports, seeds a believable company, writes a real dealsync.toml, syncs over HTTP
+    with the shipped mapping for the two, plays a working day on both sides, syncs again to
+    show what moved where, and prints the pipeline report. With Worktile, whose API cannot
+    change a task after creating it, the deals' changes are listed as manual updates; the demo
+    shows the list, the PM making the changes, and a last sync taking them off. Needs no
+    account, no secret and no network.
     """
     from .demo import run_demo
 
-    run_demo(folder, keep_running, click.echo, progress_printer(True), crm=crm)
+    run_demo(folder, keep_running, click.echo, progress_printer(True), crm=crm, tracker=tracker)
 
 
 # -- setting up --------------------------------------------------------------------------------
@@ -576,22 +639,51 @@ def conflicts_resolve(state: Context, conflict_id: int, take: str | None,
 
 @cli.command()
 @click.option("--pair", metavar="NAME", help="Only this pair.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]),
+              default="table", show_default=True,
+              help="html: one self-contained page with a chart and a sortable table.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the report to FILE instead of stdout.")
 @pass_ctx
-def report(state: Context, pair: str | None, fmt: str) -> None:
-    """Requirements ranked by the open pipeline asking for them (from the last sync)."""
-    rows = pipeline_report(state.store, [p.name for p in state.config.select(pair)])
-    if fmt == "json":
+def report(state: Context, pair: str | None, fmt: str, out: Path | None) -> None:
+    """Requirements ranked by the open pipeline asking for them (from the last sync).
+
+    \b
+    Example:
+      dealsync report --format html --out pipeline.html
+    """
+    pairs = state.config.select(pair)
+    rows = pipeline_report(state.store, [p.name for p in pairs],
+                           {p.name: p.mapping for p in pairs})
+    if fmt == "json" and out is None:
         emit_json(rows)
-    elif fmt == "csv":
+        return
+    text = report_text(rows, fmt, [p.name for p in pairs])
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {out}: {exc.strerror}",
+                                 param_hint="--out") from None
+    count = f"{len(rows)} requirement{'' if len(rows) == 1 else 's'}"
+    click.echo(f"report written to {out} ({count})", err=True)
+
+
+def report_text(rows: list[dict[str, Any]], fmt: str, pairs: list[str]) -> str:
+    """The report in ``fmt``, ending with a newline."""
+    if fmt == "html":
+        return render_html(rows, pairs)
+    if fmt == "json":
+        return json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n"
+    if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["key"])
         writer.writeheader()
         writer.writerows({**r, "companies": "; ".join(r["companies"])} for r in rows)
-        click.echo(out.getvalue(), nl=False)
-    else:
-        click.echo(format_report(rows))
+        return out.getvalue()
+    return format_report(rows) + "\n"
 
 
 # -- plugins and secrets ------------------------------------------------------------------------
@@ -644,6 +736,9 @@ def auth_status(state: Context, as_json: bool) -> None:
     rows = [{"instance": inst.name, "side": inst.side, "secret": spec.name,
              "required": spec.required, "source": secret_source(inst.name, spec.name)}
             for inst in state.config.instances.values() for spec in inst.cls.secrets]
+    if state.config.state_url:  # optional: libpq may find it in ~/.pgpass or use a certificate
+        rows.append({"instance": "state", "side": "state", "secret": "password",
+                     "required": False, "source": secret_source("state", "password")})
     if as_json:
         emit_json(rows)
         return
@@ -656,6 +751,125 @@ def auth_status(state: Context, as_json: bool) -> None:
         click.echo(f"{row['side']}.{row['instance']} {row['secret']}: {source}")
     if any(r["source"] == "missing" and r["required"] for r in rows):
         sys.exit(errors.EXIT_AUTH)
+
+
+# -- the state store ----------------------------------------------------------------------------
+@cli.group("state", cls=FunnelGroup)
+def state_group() -> None:
+    """Move the state store between SQLite and PostgreSQL, and check it.
+
+    \b
+    Examples:
+      dealsync state export postgresql://dealsync@db.internal/dealsync
+      dealsync state import ~/.local/share/dealsync/state.db
+      dealsync state check
+    """
+
+
+def open_named(target: str, must_exist: bool) -> StateStore:
+    """A store named on the command line: a postgresql:// URL (its password is the secret
+    `state password`, as for the configured one) or a SQLite file."""
+    from .state.postgres import url_problems
+
+    if is_postgres_url(target):
+        problems = url_problems(target)
+        if problems:
+            raise click.BadParameter("; ".join(problems), param_hint="the store")
+    elif must_exist and not Path(target).expanduser().is_file():
+        raise click.BadParameter(f"no SQLite file at {target}", param_hint="the store")
+    return open_store(target if is_postgres_url(target) else Path(target).expanduser())
+
+
+@state_group.command("export")
+@click.argument("target", metavar="TARGET")
+@click.option("--replace", is_flag=True, help="Overwrite TARGET if it holds a store already.")
+@json_option
+@pass_ctx
+def state_export(state: Context, target: str, replace: bool, as_json: bool) -> None:
+    """Copy the configured store to TARGET, a SQLite file or a postgresql:// URL.
+
+    The copy is read in one consistent snapshot (workers may keep running), written in one
+    transaction, then compared with the source row for row.
+    """
+    dest = open_named(target, must_exist=False)
+    transfer(state.store, dest, replace=replace, as_json=as_json, opened=dest)
+
+
+@state_group.command("import")
+@click.argument("source", metavar="SOURCE")
+@click.option("--replace", is_flag=True, help="Overwrite the configured store if it is not empty.")
+@json_option
+@pass_ctx
+def state_import(state: Context, source: str, replace: bool, as_json: bool) -> None:
+    """Copy SOURCE, a SQLite file or a postgresql:// URL, into the configured store.
+
+    Every pair's lock is held while the store is written, so stop the workers first (a busy
+    pair exits with code 4); the result is compared with the source row for row.
+    """
+    origin = open_named(source, must_exist=True)
+    transfer(origin, state.store, replace=replace, as_json=as_json, opened=origin)
+
+
+def transfer(source: StateStore, dest: StateStore, *, replace: bool, as_json: bool,
+             opened: StateStore) -> None:
+    """Copy, report table by table, and fail unless every row arrived; ``opened`` (the store
+    named on the command line) is closed at the end."""
+    from .state.transfer import copy_store, require_match
+
+    try:
+        if source.where == dest.where:
+            raise click.BadParameter("the source and the destination are the same store")
+        copies = copy_store(source, dest, replace=replace)
+        doc = {"from": source.where, "to": dest.where, "matches": all(c.matches for c in copies),
+               "tables": [{"table": c.table, "rows": c.rows, "missing": c.missing,
+                           "unexpected": c.extra} for c in copies]}
+        if as_json:
+            emit_json(doc)
+        else:
+            click.echo(f"copied {source.where} -> {dest.where}")
+            for c in copies:
+                verdict = "every row matches" if c.matches else \
+                    f"{c.missing} missing, {c.extra} unexpected"
+                click.echo(f"  {c.table:<15} {c.rows:>8} rows  {verdict}")
+        require_match(copies, source, dest)
+    finally:
+        opened.close()
+
+
+@state_group.command("check")
+@click.argument("target", metavar="[STORE]", required=False)
+@json_option
+@pass_ctx
+def state_check(state: Context, target: str | None, as_json: bool) -> None:
+    """Verify the configured store (or STORE, a SQLite file or a postgresql:// URL).
+
+    The database's own check (SQLite's integrity_check; PostgreSQL reads every table, and
+    checks every index where the amcheck extension is installed), the schema against the
+    migrations, and the rules the engine keeps between tables. Exits 2 on any problem.
+    """
+    from .state.transfer import check_store
+
+    store = open_named(target, must_exist=True) if target else state.store
+    try:
+        report = check_store(store)
+        where = store.where
+    finally:
+        if target:
+            store.close()
+    if as_json:
+        emit_json({"store": where, "ok": not report.problems, "problems": report.problems,
+                   "notes": report.notes, "rows": report.rows})
+    else:
+        click.echo(f"state store {where}: " + ("ok" if not report.problems else
+                                               f"{len(report.problems)} problems"))
+        for problem in report.problems:
+            click.echo(f"  ! {problem}")
+        for note in report.notes:
+            click.echo(f"  {note}")
+        if report.rows:
+            click.echo("  rows: " + ", ".join(f"{t} {n}" for t, n in report.rows.items()))
+    if report.problems:
+        sys.exit(errors.EXIT_USAGE)
 
 
 # -- plugin commands ----------------------------------------------------------------------------
