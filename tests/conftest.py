@@ -17,6 +17,7 @@ import responses
 from plugins.hubspot.emulator import HubSpotEmulator
 from plugins.memory import MemoryCRM, MemoryTracker, World
 from plugins.pingcode.emulator import PingCodeEmulator
+from plugins.salesforce.emulator import SalesforceEmulator
 from plugins.worktile.emulator import WorktileEmulator
 from sync.connectors import InstanceContext
 from sync.demo import CONFIG_TEMPLATE, secrets
@@ -75,6 +76,23 @@ def h(tmp_path):
     harness.store.close()
 
 
+#: A pair of memory connectors persisted in JSON files beside the config, for CLI tests.
+MEMORY_CONFIG = """
+[crm.sales]
+type = "memory"
+path = "crm.json"
+
+[tracker.rd]
+type = "memory"
+path = "tracker.json"
+
+[pair.sales-rd]
+crm = "sales"
+tracker = "rd"
+mapping = "memory-mapping.toml"
+"""
+
+
 def _serve(emulator):
     emulator.start()
     yield emulator
@@ -91,6 +109,12 @@ def hubspot_server():
 def pingcode_server():
     """One PingCode emulator (virtual clock) per test module; tests reset it as they need."""
     yield from _serve(PingCodeEmulator())
+
+
+@pytest.fixture(scope="module")
+def salesforce_server():
+    """One Salesforce emulator (virtual clock) per test module; tests reset it as they need."""
+    yield from _serve(SalesforceEmulator())
 
 
 @pytest.fixture(scope="module")

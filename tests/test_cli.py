@@ -11,23 +11,11 @@ from click.testing import CliRunner
 
 from plugins.memory import World
 from sync.cli import cli
+from conftest import MEMORY_CONFIG
 
 DATA = Path(__file__).parent / "data"
 
-CONFIG = """
-[crm.sales]
-type = "memory"
-path = "crm.json"
-
-[tracker.rd]
-type = "memory"
-path = "tracker.json"
-
-[pair.sales-rd]
-crm = "sales"
-tracker = "rd"
-mapping = "memory-mapping.toml"
-"""
+CONFIG = MEMORY_CONFIG
 
 
 @pytest.fixture

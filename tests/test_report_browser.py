@@ -28,6 +28,7 @@ from click.testing import CliRunner
 
 from plugins.memory import World
 from sync.cli import cli
+from conftest import MEMORY_CONFIG
 
 DATA = Path(__file__).parent / "data"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,20 +36,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage", "--hide-scrollbars", "--remote-debugging-pipe"]
 TIMEOUT = 20.0
 
-CONFIG = """
-[crm.sales]
-type = "memory"
-path = "crm.json"
-
-[tracker.rd]
-type = "memory"
-path = "tracker.json"
-
-[pair.sales-rd]
-crm = "sales"
-tracker = "rd"
-mapping = "memory-mapping.toml"
-"""
+CONFIG = MEMORY_CONFIG
 
 # (deal id, name, company, amount, stage, close date, request): five requirements, Chinese
 # text, a hostile name, and a won deal waiting for its requirement

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.salesforce.emulator import SalesforceEmulator
 from plugins.salesforce.schema import make_id
 from plugins.salesforce.testing import emulator_connector
 from sync.contract import CRMContract
 
 
-@pytest.fixture(scope="module")
-def salesforce_server():
-    emulator = SalesforceEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 @pytest.fixture

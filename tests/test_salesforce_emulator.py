@@ -29,13 +29,6 @@ WINDOW = "SELECT Id, SystemModstamp FROM Opportunity WHERE SystemModstamp >= {} 
          "ORDER BY SystemModstamp, Id"
 
 
-@pytest.fixture(scope="module")
-def salesforce_server():
-    """One Salesforce emulator (virtual clock) per module; tests reset it as they need."""
-    emulator = SalesforceEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 @pytest.fixture

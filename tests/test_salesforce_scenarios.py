@@ -30,12 +30,6 @@ CREATE = f"POST {V}/composite/sobjects"
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def salesforce_server():
-    emulator = SalesforceEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 @pytest.fixture

@@ -13,23 +13,11 @@ from click.testing import CliRunner
 from plugins.memory import World
 from sync.cli import cli
 from sync.state import open_store
+from conftest import MEMORY_CONFIG
 
 DATA = Path(__file__).parent / "data"
 
-PAIRS = """
-[crm.sales]
-type = "memory"
-path = "crm.json"
-
-[tracker.rd]
-type = "memory"
-path = "tracker.json"
-
-[pair.sales-rd]
-crm = "sales"
-tracker = "rd"
-mapping = "memory-mapping.toml"
-"""
+PAIRS = MEMORY_CONFIG
 
 
 def write_config(folder: Path, state: str, name: str = "dealsync.toml") -> Path:
