@@ -31,7 +31,7 @@ from .manager import call_strict, describe_plugins, notify
 from .progress import end_progress, progress_printer
 from .report import format_report, pipeline_report
 from .report_html import render_html
-from .secrets import delete_secret, secret_source, set_secret
+from .secrets import delete_secret, keyring_usable, no_keyring, secret_source, set_secret
 from .state import StateStore, describe_target, is_postgres_url, open_store, store_errors
 from .workers import Supervisor, work, worker_command
 
@@ -234,8 +234,8 @@ def run_one(state: Context, pair_config: PairConfig, options: Options) -> dict[s
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    if summary.get("error"):
-        click.echo(f"{summary['pair']}: stopped: {summary['error']}")
+    if summary.get("error"):  # what and why went to stderr as the run stopped
+        click.echo(f"{summary['pair']}: stopped (the error above says why and what to do)")
         return
     counts = summary["counts"]
     click.echo(f"{summary['pair']}: {summary['status']} in {summary['duration_s']:.1f}s: "
@@ -711,11 +711,43 @@ def auth() -> None:
 @auth.command("set")
 @click.argument("instance")
 @click.argument("name")
-def auth_set(instance: str, name: str) -> None:
-    """Store secret NAME of INSTANCE in the keyring; the value is prompted for, never an argument."""
+@pass_ctx
+def auth_set(state: Context, instance: str, name: str) -> None:
+    """Store secret NAME of INSTANCE in the keyring; the value is prompted for, never an argument.
+
+    NAME must be a secret the instance's connector asks for (`dealsync auth status` lists
+    them). Without a usable keyring it says at once which environment variable to set.
+
+    \b
+    Example:
+      dealsync auth set acme token
+    """
+    check_secret_name(state, instance, name)
+    if not keyring_usable():
+        raise no_keyring(instance, name)
     value = click.prompt(f"{name} for {instance}", hide_input=True, confirmation_prompt=True)
     set_secret(instance, name, value)
     click.echo(f"stored {name} for {instance} in the system keyring")
+
+
+def check_secret_name(state: Context, instance: str, name: str) -> None:
+    """Refuse a secret no connector would read (a typo would be stored and never used). Without
+    a configuration file there is nothing to check against."""
+    try:
+        config = state.config
+    except ConfigError:
+        return
+    known = {(inst.name, spec.name) for inst in config.instances.values()
+             for spec in inst.cls.secrets} | {("state", "password")}
+    if (instance, name) in known:
+        return
+    names = sorted(n for i, n in known if i == instance)
+    instances = sorted({inst.name for inst in config.instances.values()} | {"state"})
+    if instance not in instances:
+        raise click.BadParameter(f"no instance {instance!r} in {config.path} (instances: "
+                                 f"{', '.join(instances)})", param_hint="INSTANCE")
+    raise click.BadParameter(f"instance {instance!r} has no secret {name!r}; it takes "
+                             f"{', '.join(names) or 'none'}", param_hint="NAME")
 
 
 @auth.command("delete")

@@ -561,9 +561,12 @@ class HttpClient:
         return sorted(values, key=len, reverse=True)  # longest first: no half-masked secret
 
     def _clean(self, text: str) -> str:
+        return redact_params(self._mask(text))
+
+    def _mask(self, text: str) -> str:
         for value in self._secrets():
             text = text.replace(value, MASK)
-        return redact_params(text)
+        return text
 
     def _scrubbed(self, exc: DealsyncError) -> DealsyncError:
         """Name the instance in, and mask every secret of, an error about to leave the client:
@@ -572,6 +575,6 @@ class HttpClient:
             exc.message = f"{self.instance}: {exc.message}"
         exc.message = self._clean(exc.message)
         exc.args = (exc.message,)
-        if exc.hint:
-            exc.hint = self._clean(exc.hint)
+        if exc.hint:  # our own words: only a secret's value is masked, not `export X=...`
+            exc.hint = self._mask(exc.hint)
         return exc

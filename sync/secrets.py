@@ -10,6 +10,7 @@ import os
 import re
 
 import keyring
+from keyring.backends import fail
 from keyring.errors import NoKeyringError, PasswordDeleteError
 
 from .errors import SecretMissing
@@ -36,18 +37,31 @@ def get_secret(instance: str, name: str, description: str = "") -> str:
              f"without a keyring, `export {env_var(instance, name)}=...`")
 
 
+def keyring_usable() -> bool:
+    """Whether a system keyring can be asked at all (a server often has none)."""
+    if isinstance(keyring.get_keyring(), fail.Keyring):
+        return False
+    try:
+        keyring.get_password(SERVICE, "dealsync.probe")
+    except Exception:  # any backend failure: locked, no D-Bus, no secret service
+        return False
+    return True
+
+
+def no_keyring(instance: str, name: str) -> SecretMissing:
+    return SecretMissing(
+        f"no usable system keyring to store secret {name!r} of instance {instance!r}",
+        hint=f"set it in the job's environment instead: `export {env_var(instance, name)}=...`")
+
+
 def set_secret(instance: str, name: str, value: str) -> None:
     """Store the secret in the keyring; ``SecretMissing`` if there is no usable keyring."""
     if not value:
         raise SecretMissing(f"refusing to store an empty secret {name!r} for instance {instance!r}")
     try:
         keyring.set_password(SERVICE, _username(instance, name), value)
-    except Exception as exc:  # any backend failure means "no usable keyring", whatever its type
-        raise SecretMissing(
-            f"cannot store secret {name!r} for instance {instance!r}: no usable system keyring "
-            f"({type(exc).__name__})",
-            hint=f"set it in the job's environment instead: `export {env_var(instance, name)}=...`",
-        ) from None
+    except Exception:  # any backend failure means "no usable keyring", whatever its type
+        raise no_keyring(instance, name) from None
 
 
 def delete_secret(instance: str, name: str) -> bool:

@@ -340,3 +340,41 @@ def test_everything_under_a_fresh_home_is_private_after_a_sync(workdir):
     for path in paths:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_auth_set_takes_only_the_secrets_a_connector_asks_for(workdir, monkeypatch):
+    import keyring
+    from keyring.backends import fail
+
+    config = workdir / "dealsync.toml"
+    config.write_text(config.read_text() + '\n[tracker.pc]\ntype = "pingcode"\nproject = "SCR"\n')
+    typo = invoke(workdir, "auth", "set", "pc", "client_secre")
+    assert typo.exit_code == 2
+    assert "instance 'pc' has no secret 'client_secre'; it takes client_id, client_secret" \
+        in typo.stderr
+    unknown = invoke(workdir, "auth", "set", "nosuch", "token")
+    assert unknown.exit_code == 2 and "no instance 'nosuch'" in unknown.stderr
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    try:  # no keyring: said at once, before asking for the value
+        result = CliRunner().invoke(cli, ["-c", str(config), "auth", "set", "pc",
+                                          "client_secret"], input="")
+    finally:
+        keyring.set_keyring(previous)
+    assert result.exit_code == 3
+    assert "export DEALSYNC_PC_CLIENT_SECRET=..." in result.stderr
+    assert "client_secret for pc" not in result.output  # never prompted
+
+
+def test_a_missing_secret_is_said_once_with_both_ways_to_provide_it(workdir, monkeypatch):
+    monkeypatch.delenv("DEALSYNC_PC_CLIENT_ID", raising=False)
+    monkeypatch.delenv("DEALSYNC_PC_CLIENT_SECRET", raising=False)
+    (workdir / "dealsync.toml").write_text(CONFIG.replace(
+        'type = "memory"\npath = "tracker.json"',
+        'type = "pingcode"\nbase_url = "http://127.0.0.1:9"\nproject = "SCR"'))
+    result = invoke(workdir, "sync")
+    assert result.exit_code == 3
+    text = result.output  # stdout and stderr as a terminal shows them
+    assert text.count("is not set") == 1
+    assert "dealsync auth set rd client_id" in text
+    assert "export DEALSYNC_RD_CLIENT_ID=..." in text
