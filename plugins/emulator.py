@@ -202,6 +202,10 @@ class Emulator:
     def install_routes(self) -> None:
         raise NotImplementedError
 
+    def credentials(self) -> str:
+        """What a client must send to be let in, for a person starting the emulator by hand."""
+        return ""
+
     def reset(self, seed: int = 0) -> None:
         """Drop all data and restore default config. Subclasses set ``self.config`` and
         ``self.clock`` and call ``super().reset(seed)``."""
@@ -418,7 +422,10 @@ def serve_main(factory: Callable[[], Emulator], argv: list[str] | None = None) -
     args = parser.parse_args(argv)
     emulator = factory()
     emulator.reset(args.seed)
-    print(f"{emulator.name} listening on {emulator.start(args.port)} (Ctrl-C to stop)", flush=True)
+    url = emulator.start(args.port)
+    print(f"{emulator.name} listening on {url} (Ctrl-C to stop)", flush=True)
+    if emulator.credentials():
+        print(emulator.credentials(), flush=True)
     try:
         while True:
             time.sleep(3600)

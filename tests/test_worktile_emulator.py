@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -15,7 +12,6 @@ from plugins.worktile.emulator import DEFAULT_START, WorktileEmulator
 
 CREDS = {"client_id": "dealsync-demo", "client_secret": "demo-secret"}
 START = int(DEFAULT_START.timestamp())
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -518,16 +514,3 @@ def test_control_seed_mutate_config_and_dump(emu):
     assert [t["identifier"] for t in dump][-3:] == ["DS-5", "OPS-1", "OPS-2"]
     requests.post(emu.url + "/__emu/reset")
     assert len(emu.dump_tasks()) == 4 and emu.config["task_writes"] == "off"
-
-
-def test_standalone_prints_its_url_and_credentials():
-    process = subprocess.Popen([sys.executable, "-m", "plugins.worktile.emulator", "--port", "0"],
-                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        lines = [process.stdout.readline() for _ in range(2)]
-    finally:
-        process.terminate()
-        process.wait(10)
-    assert "client_id=dealsync-demo client_secret=demo-secret" in lines[0]
-    url = lines[1].split(" listening on ")[1].split()[0]
-    assert url.startswith("http://127.0.0.1:")

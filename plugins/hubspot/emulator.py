@@ -230,6 +230,10 @@ class HubSpotEmulator(Emulator):
         self.realtime = realtime
         super().__init__(seed)
 
+    def credentials(self) -> str:
+        return (f"accepts the private-app token {PRIVATE_TOKEN} (for dealsync: "
+                "DEALSYNC_<INSTANCE>_TOKEN, or `dealsync auth set INSTANCE token`)")
+
     # -- state -----------------------------------------------------------------------------------
     def reset(self, seed: int = 0) -> None:
         self.seed_value = seed

@@ -270,6 +270,12 @@ class PingCodeEmulator(Emulator):
         self.realtime = realtime
         super().__init__(seed)
 
+    def credentials(self) -> str:
+        apps = ", ".join(f"client_id={cid} client_secret={app['secret']}"
+                         for cid, app in self.apps.items())
+        return (f"accepts {apps} (for dealsync: DEALSYNC_<INSTANCE>_CLIENT_ID and "
+                "_CLIENT_SECRET, or `dealsync auth set INSTANCE client_id` / client_secret)")
+
     # == state =====================================================================================
     @_locked
     def reset(self, seed: int = 0) -> None:

@@ -236,6 +236,12 @@ class WorktileEmulator(Emulator):
         self.in_flight = 0
         super().__init__(seed)
 
+    def credentials(self) -> str:
+        apps = ", ".join(f"client_id={cid} client_secret={app['secret']}"
+                         for cid, app in self.apps.items())
+        return (f"accepts {apps} (POST {PREFIX}/tenant-access-token; send the token as "
+                "?access_token=)")
+
     # == state =====================================================================================
     def reset(self, seed: int = 0) -> None:
         """Forget everything, restore the default config and load ``DEFAULT_SEED``."""
@@ -1274,13 +1280,8 @@ class WorktileEmulator(Emulator):
 
 
 def _standalone() -> WorktileEmulator:
-    """The emulator for ``python -m``: real time, and the credentials it accepts printed."""
-    emulator = WorktileEmulator(realtime=True)
-    for client_id, app in emulator.apps.items():
-        print(f"{emulator.name} accepts client_id={client_id} client_secret={app['secret']} "
-              f"(POST {PREFIX}/tenant-access-token; send the token as ?access_token=)",
-              flush=True)
-    return emulator
+    """The emulator for ``python -m``: real time (``credentials`` says what it accepts)."""
+    return WorktileEmulator(realtime=True)
 
 
 _standalone.__name__ = "WorktileEmulator"
