@@ -1,14 +1,14 @@
 """API calls the Salesforce connector spends per 1,000 opportunities read and written, against
 the minimum the API allows: one query page per 2,000 records read (docs/salesforce.md §3) and one
-sObject Collections call per 200 records written (§6).
+sObject Collections call per 200 records written (docs/salesforce.md §6).
 
 Run: ``python -m benchmarks.salesforce_calls [--opportunities 10000]`` from the repository root.
 
 How it measures: each operation runs on a fresh connector (so its login is counted once, as in
 a run) against the local emulator, with the emulator's documented batch sizes. Calls are the
 connector's own per-endpoint counters (``api_calls()``); the emulator's API usage counter
-(``Sforce-Limit-Info``, §8) must agree with them, since every call counts against the daily
-allocation except the login.
+(``Sforce-Limit-Info``, docs/salesforce.md §8) must agree with them, since every call counts against
+the daily allocation except the login.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The Salesforce connector's requests and error mapping, with ``responses``
-(docs/salesforce.md, cited as §n)."""
+(docs/salesforce.md)."""
 
 from __future__ import annotations
 

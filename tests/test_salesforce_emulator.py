@@ -1,4 +1,4 @@
-"""The Salesforce emulator against the documented behaviour (docs/salesforce.md, cited as §n)."""
+"""The Salesforce emulator against the documented behaviour."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def upd(record_id: str, **fields) -> dict:
 def assert_error(reply: requests.Response, status: int, code: str) -> list[dict]:
     assert reply.status_code == status, reply.text
     body = reply.json()
-    assert isinstance(body, list) and body[0]["errorCode"] == code, body  # array envelope, §9
+    # array envelope, docs/salesforce.md §9
+    assert isinstance(body, list) and body[0]["errorCode"] == code, body
     assert body[0]["message"]
     return body
 
@@ -128,7 +129,7 @@ def advance(emu: SalesforceEmulator, **delta) -> None:
     emu.clock.advance(timedelta(**delta).total_seconds() * 1000)
 
 
-# --- ids (§2) ------------------------------------------------------------------------------------
+# --- ids (docs/salesforce.md §2) ------------------------------------------------------------------
 
 def test_ids_are_18_characters_with_the_case_checksum(emu):
     ids = emu.seed_opportunities(3)
@@ -139,7 +140,7 @@ def test_ids_are_18_characters_with_the_case_checksum(emu):
     assert sorted(ids) == ids  # ORDER BY Id follows creation order
 
 
-# --- auth (§1) -----------------------------------------------------------------------------------
+# --- auth (docs/salesforce.md §1) -----------------------------------------------------------------
 
 def test_client_credentials_reply_has_instance_url_and_no_expiry(emu):
     reply = Api(emu).grant(grant_type="client_credentials", client_id=CLIENT_ID,
@@ -237,12 +238,12 @@ def test_expired_session_mid_paging_then_the_locator_still_works(emu, api):
     assert requests.post(emu.url + "/__emu/expire_tokens", json={}).json() == {"expired": 1}
     again = api.call("GET", first["nextRecordsUrl"])
     assert again.status_code == 401 and again.json() == SESSION_EXPIRED
-    api.login()  # re-authenticate once and retry (§1)
+    api.login()  # re-authenticate once and retry (docs/salesforce.md §1)
     rest = api.ok("GET", first["nextRecordsUrl"])
     assert rest["done"] and len(first["records"]) + len(rest["records"]) == 2500
 
 
-# --- SOQL, paging, ties (§3, §4) -----------------------------------------------------------------
+# --- SOQL, paging, ties (docs/salesforce.md §3, §4) -----------------------------------------------
 
 def test_window_filters_are_inclusive_and_order_breaks_ties_by_id(emu, api):
     base = EPOCH - timedelta(hours=1)
@@ -380,7 +381,7 @@ def test_query_timeout_for_wide_windows_and_by_fault_injection(emu, api):
     assert api.query("SELECT Id FROM Opportunity").status_code == 200
 
 
-# --- getUpdated / getDeleted (§5) ----------------------------------------------------------------
+# --- getUpdated / getDeleted (docs/salesforce.md §5) ----------------------------------------------
 
 def replication(api: Api, kind: str, start: datetime, end: datetime) -> requests.Response:
     return api.call("GET", f"{V}/sobjects/Opportunity/{kind}/",
@@ -431,7 +432,7 @@ def test_get_deleted_lists_recycled_records(emu, api):
     assert ids[0] not in updated["ids"]
 
 
-# --- writes (§6) ---------------------------------------------------------------------------------
+# --- writes (docs/salesforce.md §6) ---------------------------------------------------------------
 
 def test_collections_partial_failure_returns_one_result_per_record_in_order(emu, api):
     ids = emu.seed_opportunities(3)
@@ -526,7 +527,7 @@ def test_api_writes_stamp_both_dates_to_the_second(emu, api):
     )["records"][0]["Id"]
 
 
-# --- automation edits (§2) -----------------------------------------------------------------------
+# --- automation edits (docs/salesforce.md §2) -----------------------------------------------------
 
 def test_system_edits_move_only_system_modstamp(emu, api):
     ids = emu.seed_opportunities(2)
@@ -549,7 +550,7 @@ def test_system_edits_move_only_system_modstamp(emu, api):
     assert {emu.record(i)["SystemModstamp"] for i in ids} == {sf_time(emu.now())}
 
 
-# --- describe and custom fields (§7) -------------------------------------------------------------
+# --- describe and custom fields (docs/salesforce.md §7) -------------------------------------------
 
 def test_describe_lists_fields_and_picklist_values(emu, api):
     body = api.ok("GET", f"{V}/sobjects/Opportunity/describe")
@@ -586,7 +587,7 @@ def test_a_missing_custom_field_shows_everywhere(emu, api):
     assert requests.post(emu.url + "/__emu/config", json={"nope": 1}).status_code == 400
 
 
-# --- creates: Tasks on an opportunity's timeline (§11) -------------------------------------------
+# --- creates: Tasks on an opportunity's timeline (docs/salesforce.md §11) -------------------------
 
 def task(what_id: str, **fields) -> dict:
     return {"Subject": "SCR-1 status", "Description": "SCR-1 is now Shipped",
@@ -625,7 +626,7 @@ def test_single_record_create_of_a_completed_task(emu, api):
     listed = requests.get(emu.url + "/__emu/tasks", params={"what_id": opp}).json()["tasks"]
     assert [t["Description"] for t in listed] == ["SCR-1 is now Shipped", None]
     assert emu.stats()["tasks"] == 2
-    assert usage(reply) == 1  # a create is one call against the allocation (§8)
+    assert usage(reply) == 1  # a create is one call against the allocation (docs/salesforce.md §8)
 
 
 def test_single_record_create_refusals_are_the_error_array(emu, api):
@@ -748,7 +749,7 @@ def test_task_describe_and_query(emu, api):
         (made, "SCR-1 status", "Dealsync Integration")]
 
 
-# --- limits (§8) ---------------------------------------------------------------------------------
+# --- limits (docs/salesforce.md §8) ---------------------------------------------------------------
 
 def test_limit_header_on_every_response_counts_api_calls(emu, api):
     usage = []

@@ -1,8 +1,8 @@
 """The Salesforce connector against its emulator: volume, ties, sessions, limits, partial writes.
 
 Time is the emulator's virtual clock on both sides (``plugins.salesforce.testing``), so a day of
-the rolling API allocation passes in no real time. Sections of docs/salesforce.md are cited as
-§n.
+the rolling API allocation passes in no real time. Sections cited are those of
+docs/salesforce.md.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def api_writes(emu, record_id: str) -> int:
     return sum(1 for change in emu.history(record_id) if change["actor"] == "api")
 
 
-# --- volume and ties (§3, §4) ------------------------------------------------------------------
+# --- volume and ties (docs/salesforce.md §3, §4) --------------------------------------------------
 
 def test_5000_opportunities_through_next_records_url_each_once(emu, make):
     ids = emu.seed_opportunities(5000, start="2025-01-01T00:00:00Z", step_s=1)
@@ -101,7 +101,7 @@ def test_query_timeout_on_a_wide_window_reads_it_in_halves(emu, make):
     assert calls[QUERY] > 4  # the unbounded one, the oldest stamp, then halves down to a day
 
 
-# --- sessions (§1) -------------------------------------------------------------------------------
+# --- sessions (docs/salesforce.md §1) -------------------------------------------------------------
 
 def test_expired_session_mid_run_is_renewed_once_and_nothing_is_written_twice(emu, make):
     ids = emu.seed_opportunities(2500)
@@ -153,7 +153,7 @@ def test_over_tls_verified_against_the_throwaway_ca(monkeypatch):
         emulator.stop()
 
 
-# --- writes (§6) -------------------------------------------------------------------------------
+# --- writes (docs/salesforce.md §6) ---------------------------------------------------------------
 
 def test_collections_partial_failure_fails_only_those_records(emu, make):
     ids = emu.seed_opportunities(250, fields={"Priority__c": "Low"})
@@ -186,7 +186,7 @@ def test_api_calls_per_endpoint_for_a_read_and_a_write(emu, make):
     assert fetcher.api_calls() == {TOKEN: 1, QUERY: 5}  # 200 ids per Id IN (...)
 
 
-# --- notes as Tasks (§11) ----------------------------------------------------------------------
+# --- notes as Tasks (docs/salesforce.md §11) ------------------------------------------------------
 
 def test_450_notes_are_three_collections_calls_and_a_gone_deal_fails_only_its_note(emu, make):
     ids = emu.seed_opportunities(150)
@@ -196,7 +196,7 @@ def test_450_notes_are_three_collections_calls_and_a_gone_deal_fails_only_its_no
     writer = make()
     results = writer.add_notes(notes)
     assert writer.api_calls() == {TOKEN: 1, CREATE: 3}  # ceil(450 / 200)
-    assert emu.api_usage() == 3  # the token endpoint is no API call (§8)
+    assert emu.api_usage() == 3  # the token endpoint is no API call (docs/salesforce.md §8)
     failed = [n for n, r in enumerate(results) if not r.ok]
     assert failed == [7, 157, 307]  # the notes on the opportunity in the recycle bin
     assert all(isinstance(results[n].error, NotFound) for n in failed)
@@ -214,7 +214,7 @@ def test_450_notes_are_three_collections_calls_and_a_gone_deal_fails_only_its_no
         one.add_note(ids[7], "dealsync: gone")
 
 
-# --- the daily allocation (§8) ----------------------------------------------------------------
+# --- the daily allocation (docs/salesforce.md §8) -------------------------------------------------
 
 def test_the_403_of_a_spent_allocation_is_never_retried(emu, make):
     deal_id = emu.seed_opportunities(1)[0]
@@ -306,8 +306,8 @@ def test_quota_at_80_percent_stops_cleanly_and_the_next_run_resumes(emu, make, t
 
 
 def test_automation_moving_system_modstamp_writes_nothing(emu, make, tmp_path):
-    """SystemModstamp moves on system edits without LastModifiedDate (§2): the opportunities
-    are read again, and echo suppression on values finds nothing to write."""
+    """SystemModstamp moves on system edits without LastModifiedDate (docs/salesforce.md §2): the
+    opportunities are read again, and echo suppression on values finds nothing to write."""
     synced = Synced(emu, make, tmp_path, 50)
     assert synced.run()["counts"]["updated_crm"] == 50
     emu.clock.advance(60_000)

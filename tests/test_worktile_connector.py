@@ -1,5 +1,5 @@
 """The Worktile connector against `responses`: requests, tokens, envelopes, paging and error
-mapping, one behaviour at a time (docs/worktile.md, cited as §n). No test sleeps for real."""
+mapping, one behaviour at a time. No test sleeps for real."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def pages_of(rows: list[dict], size: int, key: str = "items", total: bool = True
     return reply
 
 
-# -- the token (§2, §3) --------------------------------------------------------------------------------
+# -- the token (docs/worktile.md §2, §3) -----------------------------------------------------------
 def test_the_token_is_posted_once_and_sent_as_both_header_and_query(api, clock):
     conn = make(clock)
     assert conn.key_prefix() == "DS"
@@ -132,7 +132,8 @@ def test_the_token_is_posted_once_and_sent_as_both_header_and_query(api, clock):
 @pytest.mark.parametrize("expires_in, renewed_after_s", [
     (7200, 7200 - 300),          # a duration, renewed five minutes early
     (400, 200),                  # a short one, half-way
-    (1_700_000_000 + 3600, 3600 - 300),  # above 1e9: an absolute epoch after all (§15.2)
+    # above 1e9: an absolute epoch after all (docs/worktile.md §15.2)
+    (1_700_000_000 + 3600, 3600 - 300),
 ])
 def test_the_token_is_renewed_early(rsps, clock, expires_in, renewed_after_s):
     token_reply(rsps, expires_in=expires_in)
@@ -189,7 +190,7 @@ def test_a_token_refused_again_after_renewal_is_an_auth_error_not_an_empty_list(
     assert len(rsps.calls) == 4  # token, call, token, replay: no loop
 
 
-# -- replies checked before use (§3, §11, §13) ---------------------------------------------------------
+# -- replies checked before use (docs/worktile.md §3, §11, §13) ------------------------------------
 def test_another_error_in_a_200_body_is_an_item_error_keeping_the_raw_body(api, clock):
     api.add("GET", f"{API}/mission/get-tasks-by-ids",
             json={"ok": False, "error_code": 2001, "error_message": "task_ids不能为空"})
@@ -204,7 +205,8 @@ def test_nginx_html_429_is_retried_with_backoff_and_never_parsed(api, clock):
             content_type="text/html")
     api.add("GET", f"{API}/mission/get-tasks-by-ids", json=[row(1)])
     assert list(make(clock).fetch([row(1)["_id"]])) == [row(1)["_id"]]
-    assert len(clock.sleeps) == 1 and clock.sleeps[0] >= 1  # no Retry-After: back off (§11)
+    # no Retry-After: back off (docs/worktile.md §11)
+    assert len(clock.sleeps) == 1 and clock.sleeps[0] >= 1
 
 
 def test_html_429s_until_the_attempts_run_out_are_a_remote_error_without_html(api, clock):
@@ -240,7 +242,7 @@ def test_an_unknown_project_is_a_config_error_naming_the_instance(api, clock):
     assert "known: DS" in str(caught.value)
 
 
-# -- envelopes and paging (§5) ---------------------------------------------------------------------------
+# -- envelopes and paging (docs/worktile.md §5) ----------------------------------------------------
 @pytest.mark.parametrize("key, total", [("items", True), ("value", True), ("items", False),
                                         ("bare", False)])
 def test_every_envelope_is_paged_from_0_to_the_end_and_short_pages_are_not_the_end(
@@ -311,7 +313,7 @@ def test_rows_of_accepts_the_three_envelopes_and_refuses_others():
         rows_of({"data": []})
 
 
-# -- reading tasks (§6, §7, §9) ------------------------------------------------------------------------
+# -- reading tasks (docs/worktile.md §6, §7, §9) ---------------------------------------------------
 def test_a_change_scan_asks_small_rows_and_reads_only_the_changed_whole(api, clock):
     rows = [row(n, updated=1_000 + n) for n in range(1, 6)]
     api.add_callback("GET", f"{API}/mission/get-project-tasks-by-page",
@@ -358,7 +360,7 @@ def test_states_in_category_3_are_told_apart_by_name_and_values_are_read_plainly
     assert cancelled.description == "[draft] not JSON"
     assert shipped.fields["priority"] == "最高" and shipped.fields["due"] == "2025-03-31"
     assert shipped.created_at == datetime.fromtimestamp(101, timezone.utc)
-    assert conn._priorities() == {"最高": "p1"}  # learned from what was read (§6.3)
+    assert conn._priorities() == {"最高": "p1"}  # learned from what was read (docs/worktile.md §6.3)
 
 
 def test_keys_and_markers_come_from_the_change_scan_without_another_scan(api, clock):
@@ -392,7 +394,7 @@ def test_a_key_newer_than_the_scan_scans_again(api, clock):
     assert len([c for c in api.calls if "get-project-tasks-by-page" in c.request.url]) == 2
 
 
-# -- creating (§8) ---------------------------------------------------------------------------------------------
+# -- creating (docs/worktile.md §8) ----------------------------------------------------------------
 def test_create_sends_the_context_priority_and_marker_and_needs_no_read_back(api, clock):
     type_replies(api)
     api.add("GET", f"{API}/mission/projects/{PID}/priorities",
@@ -425,7 +427,8 @@ def test_a_create_whose_reply_lacks_what_was_sent_is_read_back(api, clock, caplo
 def test_an_unknown_priority_fails_before_anything_is_created(api, clock):
     type_replies(api)
     api.add("GET", f"{API}/mission/projects/{PID}/priorities", status=404,
-            json={"ok": False, "error_code": 4040})  # not a documented endpoint (§6.3)
+            # not a documented endpoint (docs/worktile.md §6.3)
+            json={"ok": False, "error_code": 4040})
     api.add("GET", f"{API}/mission/get-project-tasks-by-page",
             json={"items": [row(1, priority={"_id": "p1", "name": "普通"})], "has_more": False})
     with pytest.raises(ItemError, match="priority '最高' is not known") as caught:
@@ -435,7 +438,7 @@ def test_an_unknown_priority_fails_before_anything_is_created(api, clock):
                 and "/mission/task" in c.request.url]
 
 
-# -- writes after creation (§10) ------------------------------------------------------------------------
+# -- writes after creation (docs/worktile.md §10) --------------------------------------------------
 @pytest.mark.parametrize("status", [404, 405])
 def test_a_missing_write_endpoint_turns_the_capability_off_and_says_so_once(
         api, clock, caplog, status):
@@ -483,7 +486,7 @@ def test_a_write_answered_404_mid_run_fails_its_item_and_turns_the_capability_of
 
 
 def test_an_update_sends_every_property_back_with_the_change(api, clock):
-    """Whether the service merges or replaces properties is not on record (§10)."""
+    """Whether the service merges or replaces properties is not on record (docs/worktile.md §10)."""
     type_replies(api)
     task_id = row(1)["_id"]
     api.add("PUT", f"{API}/mission/tasks/{'0' * 24}", status=400,
@@ -505,7 +508,7 @@ def test_an_update_sends_every_property_back_with_the_change(api, clock):
                                                    "priority": "p0"}}
 
 
-# -- settings and small readers -----------------------------------------------------------------------
+# -- settings and small readers --------------------------------------------------------------------
 @pytest.mark.parametrize("settings, problem", [
     ({}, "project: required for type 'worktile'"),
     ({"project": "DS", "task_writes": "yes"}, "task_writes: must be true, false or a list"),

@@ -1,4 +1,4 @@
-"""The Worktile emulator against the documented behaviour (docs/worktile.md, cited as §n)."""
+"""The Worktile emulator against the documented behaviour."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def emu(worktile_server):
 
 
 class Api:
-    """A bare client: a team token sent as the query parameter (§3), replies as responses."""
+    """A bare client: a team token sent as the query parameter (docs/worktile.md §3), replies as
+    responses."""
 
     def __init__(self, emu: WorktileEmulator):
         self.emu = emu
@@ -80,7 +81,7 @@ def _error(response, code: int, status: int = 200) -> None:
     assert body["ok"] is False and body["error_code"] == code
 
 
-# -- token and auth failures (§2, §3) --------------------------------------------------------------
+# -- token and auth failures (docs/worktile.md §2, §3) ---------------------------------------------
 def test_token_is_a_json_post_whose_expires_in_is_a_duration(emu):
     body = requests.post(emu.url + "/open-api/tenant-access-token", json=CREDS).json()
     assert set(body) == {"tenant_access_token", "expires_in"} and body["expires_in"] == 7200
@@ -97,7 +98,7 @@ def test_token_stops_working_once_its_duration_has_passed(emu, api):
     api.get("/mission/get-projects-by-page")
     emu.clock.advance(1000)
     _error(api.call("GET", "/mission/get-projects-by-page"), 1103)
-    fresh = Api(emu)  # no refresh token: ask again (§2)
+    fresh = Api(emu)  # no refresh token: ask again (docs/worktile.md §2)
     assert fresh.get("/mission/get-projects-by-page")["total"] == 1
 
 
@@ -141,7 +142,7 @@ def test_token_placement(emu, api, placement, query, header, accepted):
     assert ("items" in response.json()) is accepted
 
 
-# -- members and projects (§4) ---------------------------------------------------------------------
+# -- members and projects (docs/worktile.md §4) ----------------------------------------------------
 def test_members_by_page_and_by_ids(emu, api):
     page = api.get("/contact/get-members-by-page")
     assert page["total"] == 3 and page["has_more"] is False
@@ -172,7 +173,7 @@ def test_projects_by_page_by_ids_and_create_from_template(emu, api):
                                                        "members": []}), 2002, 400)
 
 
-# -- paging and envelopes (§5) ---------------------------------------------------------------------
+# -- paging and envelopes (docs/worktile.md §5) ----------------------------------------------------
 def test_paging_starts_at_zero_and_ends_on_has_more(emu, api):
     emu.add_tasks(41)
     pid = api.project()["_id"]
@@ -219,7 +220,7 @@ def test_oversized_page_is_capped_silently_or_refused(emu, api):
                     params={"project_id": pid, "page_size": 200}), 2002, 400)
 
 
-# -- configuration: types, states and their categories, priorities, properties (§6) ---------------
+# -- configuration: types, states and their categories, priorities, properties (docs/worktile.md §6)
 def test_states_carry_integer_categories_and_3_covers_every_terminal_state(api):
     story = api.story_type()
     states = {s["name"]: s for s in story["states"]}
@@ -246,7 +247,7 @@ def test_done_and_cancelled_tasks_differ_only_by_state_name(emu, api):
     assert done["completed_at"] == cancelled["completed_at"] == START
 
 
-# -- reading tasks (§7) ----------------------------------------------------------------------------
+# -- reading tasks (docs/worktile.md §7) -----------------------------------------------------------
 def test_v1_rows_carry_only_the_properties_named_in_fields(emu, api):
     ids = ",".join(t["_id"] for t in emu.dump_tasks()[:2])
     bare = api.get("/mission/get-tasks-by-ids", task_ids=ids)
@@ -277,7 +278,8 @@ def test_detail_answers_id_and_title_plus_requested_columns(emu, api):
                                                           "title": task["title"]}
     detail = api.get(f"/mission/tasks/{task['_id']}", columns="properties,comments,identifier")
     assert detail["identifier"] == "DS-1" and detail["comments"] == []
-    assert '"children"' in detail["properties"]["desc"]["value"]  # rich-text JSON (§7.2)
+    # rich-text JSON (docs/worktile.md §7.2)
+    assert '"children"' in detail["properties"]["desc"]["value"]
     emu.config["detail_envelope"] = "data_value"
     wrapped = api.get(f"/mission/tasks/{task['_id']}")
     assert wrapped == {"data": {"value": {"_id": task["_id"], "title": task["title"]}}}
@@ -290,7 +292,7 @@ def test_relation_tasks_are_a_bare_array(emu, api):
     assert api.get("/mission/get-relation-tasks", task_id="f" * 24) == []
 
 
-# -- creating tasks (§8) ---------------------------------------------------------------------------
+# -- creating tasks (docs/worktile.md §8) ----------------------------------------------------------
 def test_create_starts_in_the_initial_state_with_the_context_in_the_description(emu, api):
     level = next(o for p in api.story_type()["properties"] if p["key"] == "customer_level"
                  for o in p["options"] if o["text"] == "战略")
@@ -321,7 +323,7 @@ def test_create_refusals_create_nothing(emu, api, change, code):
     assert len(emu.dump_tasks()) == 4
 
 
-# -- incremental scans (§9) ------------------------------------------------------------------------
+# -- incremental scans (docs/worktile.md §9) -------------------------------------------------------
 def test_no_updated_since_filter_so_a_scan_compares_updated_at(emu, api):
     watermark = START
     emu.clock.advance(60_000)
@@ -334,7 +336,7 @@ def test_no_updated_since_filter_so_a_scan_compares_updated_at(emu, api):
     assert [t["identifier"] for t in rows["items"] if t["updated_at"] > watermark] == ["DS-2"]
 
 
-# -- writes Worktile does not document (§10) -------------------------------------------------------
+# -- writes Worktile does not document (docs/worktile.md §10) --------------------------------------
 WRITES = [("PUT", "/mission/tasks/{id}", {"title": "x"}),
           ("PATCH", "/mission/tasks/{id}", {"title": "x"}),
           ("PUT", "/mission/tasks/{id}/state", {"task_state_id": "f" * 24}),
@@ -418,7 +420,7 @@ def test_archive_and_activate(emu, api):
     assert api.ok("POST", f"/mission/tasks/{task['_id']}/activate")["is_archived"] == 0
 
 
-# -- throttling (§11) ------------------------------------------------------------------------------
+# -- throttling (docs/worktile.md §11) -------------------------------------------------------------
 def test_rate_limit_answers_nginxs_html_429(emu, api):
     emu.config["rate_limit"] = 3
     for _ in range(3):

@@ -1,5 +1,5 @@
 """The Worktile connector against the emulator: the awkward parts of the real API, end to end
-(docs/worktile.md, cited as §n). Time is the emulator's virtual clock throughout
+(docs/worktile.md). Time is the emulator's virtual clock throughout
 (``plugins.worktile.testing``): waiting out a 429 or the client's window advances it."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def new(title="单点登录", deal="D-1", **fields):
     return NewRequirement(title, f"<p>需求</p><p>{marker}</p>", fields, marker)
 
 
-# -- tokens (§2, §3) ---------------------------------------------------------------------------------------
+# -- tokens (docs/worktile.md §2, §3) --------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["200_body", "401"])
 def test_a_token_expired_on_the_server_is_renewed_once_and_the_create_not_repeated(emu, mode):
     emu.config["auth_error_mode"] = mode
@@ -61,7 +61,7 @@ def test_a_token_is_renewed_before_its_lifetime_runs_out(emu, expires_in_mode):
     assert all(r["status"] == 200 for r in emu.log)
 
 
-# -- throttling (§11) --------------------------------------------------------------------------------------
+# -- throttling (docs/worktile.md §11) -------------------------------------------------------------
 def test_a_long_scan_keeps_three_requests_in_flight_and_draws_no_429(emu):
     emu.add_tasks(1196)
     emu.config["latency_ms"] = 15  # slow replies: the next pages are asked meanwhile
@@ -108,7 +108,7 @@ def test_a_server_refusing_oversized_pages_is_asked_smaller_ones(emu):
     assert len(list(conn.iter_changed(None, FAR))) == 154
 
 
-# -- change scan, keys and markers (§9, §15.5) ----------------------------------------------------------
+# -- change scan, keys and markers (docs/worktile.md §9, §15.5) ------------------------------------
 def test_a_change_scan_finds_the_changed_tasks_among_many(emu):
     emu.add_tasks(496)
     conn = emulator_connector(emu)
@@ -143,7 +143,7 @@ def test_a_marker_property_that_is_not_a_text_property_is_refused(emu):
         emulator_connector(emu, marker_property="customer_level").field_values("status")
 
 
-# -- writes after creation (§10) ------------------------------------------------------------------------
+# -- writes after creation (docs/worktile.md §10) --------------------------------------------------
 def test_with_writes_on_a_status_is_reached_through_the_flows(emu):
     emu.config["task_writes"] = "on"
     conn = emulator_connector(emu, task_writes=True)
@@ -190,7 +190,7 @@ def test_a_state_the_workflow_cannot_reach_is_refused_before_anything_is_written
     assert [r for r in api_log(emu, "PUT") if "0" * 24 not in r["path"]] == []
 
 
-# -- the engine on the connector ------------------------------------------------------------------------
+# -- the engine on the connector -------------------------------------------------------------------
 MAPPING = """
 [request]
 field = "request"

@@ -2,12 +2,13 @@
 
 It owns everything Salesforce-specific between the engine and ``sync.http``: the three OAuth
 grants and a session without an expiry time (docs/salesforce.md §1), the incremental SOQL read
-on ``SystemModstamp`` that keeps ties and halves its window on ``QUERY_TIMEOUT`` (§2-§4), reads
-by id, sObject Collections writes of 200 with per-record results (§6), describe for missing
-fields and picklist values, and the setup steps an admin follows because the REST API cannot
-create fields (§7), the daily API allocation (§8), the mapping of the error array to
-``sync.errors`` (§9), and deal notes as completed Tasks on the opportunity (§11). Timestamps
-become aware UTC here and nowhere else.
+on ``SystemModstamp`` that keeps ties and halves its window on ``QUERY_TIMEOUT`` (docs/salesforce.md
+§2-§4), reads by id, sObject Collections writes of 200 with per-record results (docs/salesforce.md
+§6), describe for missing fields and picklist values, and the setup steps an admin follows because
+the REST API cannot create fields (docs/salesforce.md §7), the daily API allocation
+(docs/salesforce.md §8), the mapping of the error array to
+``sync.errors`` (docs/salesforce.md §9), and deal notes as completed Tasks on the opportunity
+(docs/salesforce.md §11). Timestamps become aware UTC here and nowhere else.
 """
 
 from __future__ import annotations
@@ -43,11 +44,14 @@ AUTH_FLOWS = ("client_credentials", "refresh_token", "jwt")
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 JWT_LIFETIME_S = 150  # "exp" at most about three minutes ahead (docs/salesforce.md §1)
 COLLECTIONS_MAX = 200  # records per sObject Collections call (docs/salesforce.md §6)
-QUERY_BATCH_MAX = 2000  # records per query batch, and the smallest batchSize hint (§3)
+# records per query batch, and the smallest batchSize hint (docs/salesforce.md §3)
+QUERY_BATCH_MAX = 2000
 QUERY_BATCH_MIN = 200
 IDS_PER_QUERY = 200  # ids per ``Id IN (...)``: under 6 KB of URL, well inside proxy limits
-DEFAULT_MAX_API_SHARE = 0.8  # public connectors stop at 80% of the allocation (§8)
-# What the deal context needs besides the mapped fields, read in the same query (§2).
+# public connectors stop at 80% of the allocation (docs/salesforce.md §8)
+DEFAULT_MAX_API_SHARE = 0.8
+# What the deal context needs besides the mapped fields, read in the same query (docs/salesforce.md
+# §2).
 CONTEXT_FIELDS = ("Name", "StageName", "Amount", "CloseDate", "IsClosed", "Account.Name",
                   "Owner.Name")
 LONG_TEXT_LENGTH = 32_768  # a Text Area (Long) field's default length
@@ -251,7 +255,8 @@ class SalesforceConnector(CRMConnector):
                                   "app (auth jwt, unless private_key_file is set)",
                    required=False),
     )
-    default_rate_limits = {}  # no per-second limit, only the daily allocation (§8)
+    # no per-second limit, only the daily allocation (docs/salesforce.md §8)
+    default_rate_limits = {}
     batch_size = COLLECTIONS_MAX
     settings_help = {
         "auth": "\"client_credentials\" (the default), \"refresh_token\" or \"jwt\"",
@@ -283,7 +288,7 @@ class SalesforceConnector(CRMConnector):
         self.max_api_share = float(s.get("max_api_share", DEFAULT_MAX_API_SHARE))
         self.batch = int(s.get("query_batch_size", QUERY_BATCH_MAX))
         self.instance_url: str | None = None
-        #: ``(used, allocation)`` from the last ``Sforce-Limit-Info`` header (§8)
+        #: ``(used, allocation)`` from the last ``Sforce-Limit-Info`` header (docs/salesforce.md §8)
         self.api_usage: tuple[int, int] | None = None
         self._session = session or requests.Session()
         # Every response passes here, retried and refused ones too: the usage header is on all.
@@ -359,7 +364,7 @@ class SalesforceConnector(CRMConnector):
         if not body.get("access_token") or not instance:
             raise AuthError(f"{self.name}: Salesforce's token reply has no access_token or "
                             f"instance_url", hint=f"check login_url of instance {self.name!r}")
-        if body.get("refresh_token"):  # refresh-token rotation (§1)
+        if body.get("refresh_token"):  # refresh-token rotation (docs/salesforce.md §1)
             self._refresh_token = body["refresh_token"]
         self.instance_url = instance
         if self._http is not None:
@@ -482,7 +487,7 @@ class SalesforceConnector(CRMConnector):
         code, message = first_error(response)
         status, what = response.status_code, reply_summary(response)
         if code == "REQUEST_LIMIT_EXCEEDED":
-            # Never retried: the daily allocation frees up over hours (§8).
+            # Never retried: the daily allocation frees up over hours (docs/salesforce.md §8).
             long_requests = "ConcurrentPerOrgLongTxn" in message
             return RateLimitExhausted(
                 f"{what} (Salesforce's {'long-request' if long_requests else 'daily API'} "
@@ -506,7 +511,8 @@ class SalesforceConnector(CRMConnector):
             return ItemError(what, retryable=False, hint=hint)
         if status == 404 or code in GONE:
             return NotFound(what)
-        if code == "INVALID_QUERY_LOCATOR":  # paging idled too long (§3): read again later
+        # paging idled too long (docs/salesforce.md §3): read again later
+        if code == "INVALID_QUERY_LOCATOR":
             return RemoteError(what, status=status, code=code,
                                hint="the next run reads the same window again")
         if 400 <= status < 500:
@@ -515,8 +521,9 @@ class SalesforceConnector(CRMConnector):
 
     def _record_error(self, deal_id: str, errors: list[dict[str, Any]],
                       what: str = "the update of opportunity") -> ItemError:
-        """A failed SaveResult's errors (``statusCode``, message, fields; §6) for one record;
-        ``what`` names the write (the note (Task) on opportunity …, §11)."""
+        """A failed SaveResult's errors (``statusCode``, message, fields; docs/salesforce.md §6) for
+        one record;
+        ``what`` names the write (the note (Task) on opportunity …, docs/salesforce.md §11)."""
         first = errors[0] if errors else {}
         code = first.get("statusCode") or first.get("errorCode")
         detail = "; ".join(f"{e.get('statusCode') or e.get('errorCode')}: {e.get('message')}"
@@ -608,7 +615,8 @@ class SalesforceConnector(CRMConnector):
         same query. An id the answer leaves out does not exist (or is in the recycle bin); a
         string that cannot be a Salesforce id cannot exist either and is left out unasked."""
         select = self._select(properties)
-        # The answer carries 18-character ids; remember the form each id was asked in (§2).
+        # The answer carries 18-character ids; remember the form each id was asked in
+        # (docs/salesforce.md §2).
         asked = {normalize_id(i): i for i in dict.fromkeys(str(i) for i in ids)}
         asked.pop(None, None)  # not an id, or a wrong checksum: "invalid ID field" for all
         valid = list(asked)
@@ -653,9 +661,9 @@ class SalesforceConnector(CRMConnector):
 
     def _collections(self, method: str, chunks: Iterable[list[tuple[str, dict[str, Any]]]],
                      what: str) -> list[WriteResult]:
-        """One sObject Collections call per chunk of ``(deal id, record)`` (§6, §11), one
-        result per record in order. A call refused whole, or a create that may or may not have
-        happened (``AmbiguousWrite``, never re-sent), fails its records; an outage that
+        """One sObject Collections call per chunk of ``(deal id, record)`` (docs/salesforce.md §6,
+        §11), one result per record in order. A call refused whole, or a create that may or may not
+        have happened (``AmbiguousWrite``, never re-sent), fails its records; an outage that
         retries did not cure stops sending and fails the rest as retryable."""
         results: list[WriteResult] = []
         outage: ItemError | None = None
@@ -684,7 +692,8 @@ class SalesforceConnector(CRMConnector):
             raise RemoteError(f"{self.name}: sObject Collections answered "
                               f"{len(saved) if isinstance(saved, list) else 'no'} results for "
                               f"{len(chunk)} records", status=200)
-        # A failed SaveResult carries no id: results match records by position (§6).
+        # A failed SaveResult carries no id: results match records by position (docs/salesforce.md
+        # §6).
         return [WriteResult(deal_id, record=result.get("id")) if result.get("success") else
                 WriteResult(deal_id, error=self._record_error(
                     deal_id, result.get("errors") or [], what))
@@ -791,8 +800,9 @@ def _new_field(name: str, values: list[str] | None, role: str | None) -> FieldPl
 
 def _chunks(records: list[tuple[str, dict[str, Any]]], distinct: bool
             ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """Up to 200 ``(deal id, record)`` per Collections call (§6); with ``distinct`` (updates)
-    no deal twice in one call, while creates may carry several Tasks for one deal."""
+    """Up to 200 ``(deal id, record)`` per Collections call (docs/salesforce.md §6); with
+    ``distinct`` (updates) no deal twice in one call, while creates may carry several Tasks for one
+    deal."""
     chunk: list[tuple[str, dict[str, Any]]] = []
     ids: set[str] = set()
     for deal_id, record in records:

@@ -1,20 +1,23 @@
-"""A local Salesforce REST API for Opportunities, faithful to docs/salesforce.md (cited as "§n").
+"""A local Salesforce REST API for Opportunities, faithful to docs/salesforce.md.
 
 It owns what a dealsync Salesforce connector, its tests, the demo and the benchmarks talk to:
 
 - ``POST /services/oauth2/token``: client credentials, refresh token and JWT bearer grants; the
   reply carries ``instance_url`` and no ``expires_in``; sessions die after ``token_ttl_s`` or on
-  demand (``expire_tokens``) and then answer 401 ``INVALID_SESSION_ID`` (§1);
+  demand (``expire_tokens``) and then answer 401 ``INVALID_SESSION_ID`` (docs/salesforce.md §1);
 - ``GET /services/data/vXX.X/query`` and ``/queryAll`` with the SOQL subset of
   ``plugins/salesforce/soql.py``, batches of at most 2,000 behind ``nextRecordsUrl`` locators,
-  and an injectable ``QUERY_TIMEOUT`` (§3, §4);
-- ``GET …/sobjects/{object}/updated/`` and ``…/deleted/`` with ``latestDateCovered`` (§5);
+  and an injectable ``QUERY_TIMEOUT`` (docs/salesforce.md §3, §4);
+- ``GET …/sobjects/{object}/updated/`` and ``…/deleted/`` with ``latestDateCovered``
+  (docs/salesforce.md §5);
 - ``GET``/``PATCH …/sobjects/{object}/{id}`` and ``PATCH …/composite/sobjects`` with per-record
-  results and ``allOrNone`` (§6); ``GET …/sobjects/{object}/describe`` (§7);
+  results and ``allOrNone`` (docs/salesforce.md §6); ``GET …/sobjects/{object}/describe``
+  (docs/salesforce.md §7);
 - ``POST …/sobjects/{object}/`` and ``POST …/composite/sobjects``: creates, Tasks on an
-  opportunity's timeline among them (§11);
+  opportunity's timeline among them (docs/salesforce.md §11);
 - ``Sforce-Limit-Info: api-usage=n/N`` on every API reply, the rolling 24-hour allocation and the
-  long-request concurrency cap, both answering 403 ``REQUEST_LIMIT_EXCEEDED`` (§8).
+  long-request concurrency cap, both answering 403 ``REQUEST_LIMIT_EXCEEDED`` (docs/salesforce.md
+  §8).
 
 Datetimes are kept to the second and printed as ``2025-01-01T00:00:00.000+0000``. Edits made
 "by the system" (``mutate(..., actor="system")``, ``touch``) move ``SystemModstamp`` but not
@@ -83,7 +86,7 @@ def default_config() -> dict[str, Any]:
     return {
         "epoch": "2025-01-01T00:00:00Z",
         "auto_ms_per_request": 1,
-        # auth (§1)
+        # auth (docs/salesforce.md §1)
         "require_auth": True,
         "connected_apps": {CLIENT_ID: CLIENT_SECRET},
         "client_credentials_user": USERNAME,  # null: the flow is not enabled on the app
@@ -93,22 +96,22 @@ def default_config() -> dict[str, Any]:
         "jwt_audiences": ["https://login.salesforce.com", "https://test.salesforce.com"],
         "jwt_max_lifetime_s": 180,  # "exp" within 3 minutes; null: no upper bound
         "token_ttl_s": 7200,
-        # query (§3, §4)
+        # query (docs/salesforce.md §3, §4)
         "query_batch_max": 2000,
         "query_timeout_if_span_days": None,  # a datetime window wider than this: QUERY_TIMEOUT
         "locator_ttl_s": 900,
         "max_open_locators": 10,  # per user; opening one more drops the oldest
         "unordered_results": "id",  # without ORDER BY: id | reverse | random
-        # replication (§5)
+        # replication (docs/salesforce.md §5)
         "replication_window_days": 30,
         "replication_lag_s": 0,
         "updated_id_cap": 600000,
-        # writes (§6)
+        # writes (docs/salesforce.md §6)
         "collections_max": 200,
         "unknown_field_in_collection": "record",  # record: per-record error | request: 400
         "touch_on_noop": True,
         "custom_fields": json.loads(json.dumps(DEFAULT_CUSTOM_FIELDS)),
-        # limits (§8)
+        # limits (docs/salesforce.md §8)
         "daily_max": 100000,
         "concurrent_long_max": 25,
         "long_threshold_ms": 20000,
@@ -137,12 +140,13 @@ class RecordError(Exception):
 
 
 def fail(status: int, code: str, message: str) -> HttpError:
-    """Salesforce's top-level error: an *array* of ``{message, errorCode}`` (§9)."""
+    """Salesforce's top-level error: an *array* of ``{message, errorCode}`` (docs/salesforce.md
+    §9)."""
     return HttpError(status, [{"message": message, "errorCode": code}])
 
 
 def oauth_fail(error: str, description: str, status: int = 400) -> HttpError:
-    """Token endpoint errors are objects, not arrays (§1)."""
+    """Token endpoint errors are objects, not arrays (docs/salesforce.md §1)."""
     return HttpError(status, {"error": error, "error_description": description})
 
 
@@ -235,7 +239,8 @@ class SalesforceEmulator(Emulator):
         return self._user_by_username(USERNAME) or next(iter(self.rows["User"]))
 
     def now(self) -> datetime:
-        """The clock, to the second: Salesforce stores datetimes without fractions (§2)."""
+        """The clock, to the second: Salesforce stores datetimes without fractions
+        (docs/salesforce.md §2)."""
         return _second(self.clock.now())
 
     def configure(self, **changes: Any) -> dict[str, Any]:
@@ -277,7 +282,8 @@ class SalesforceEmulator(Emulator):
     def _write(self, obj: str, row: dict[str, Any], changes: dict[str, Any], *, at: datetime,
                actor: str, by: str) -> None:
         """Apply a validated write. Any user write moves LastModifiedDate and SystemModstamp; a
-        system write (automation, recalculation) moves only SystemModstamp (§2)."""
+        system write (automation, recalculation) moves only SystemModstamp (docs/salesforce.md
+        §2)."""
         changed = {k: v for k, v in changes.items() if row.get(k) != v}
         if not changed and not self.config["touch_on_noop"]:
             return
@@ -293,7 +299,8 @@ class SalesforceEmulator(Emulator):
 
     def _derive(self, obj: str, row: dict[str, Any], changes: dict[str, Any]) -> None:
         """The fields Salesforce sets from others: an opportunity's from its stage, a task's
-        ``IsClosed`` from its status and ``AccountId`` from what it relates to (§11)."""
+        ``IsClosed`` from its status and ``AccountId`` from what it relates to (docs/salesforce.md
+        §11)."""
         if obj == "Opportunity":
             self._derive_from_stage(row, changes)
         elif obj == "Task":
@@ -477,7 +484,7 @@ class SalesforceEmulator(Emulator):
 
     def tasks(self, what_id: str | None = None) -> list[dict[str, Any]]:
         """Every Task in creation order with every field, or those related to ``what_id``
-        (an opportunity's timeline, §11)."""
+        (an opportunity's timeline, docs/salesforce.md §11)."""
         with self.lock:
             what = normalize_id(what_id) if what_id is not None else None
             return [self._render("Task", row, self._all_paths("Task"), API_VERSION)
@@ -550,7 +557,7 @@ class SalesforceEmulator(Emulator):
             raise RuntimeError("the emulator serves HTTPS only with tls=True, once started")
         return self._tls.ca_path
 
-    # -- dispatch: limit header and concurrency cap (§8) ------------------------------------------
+    # -- dispatch: limit header and concurrency cap (docs/salesforce.md §8) ------------------------
     def dispatch(self, req: Request) -> Response | None:
         if not req.path.startswith("/services/data/"):
             return super().dispatch(req)
@@ -637,7 +644,8 @@ class SalesforceEmulator(Emulator):
         self.route(method, VERSION + pattern, guarded)
 
     def _count_call(self) -> None:
-        """One call against the rolling 24-hour allocation, or 403 when it is spent (§8)."""
+        """One call against the rolling 24-hour allocation, or 403 when it is spent
+        (docs/salesforce.md §8)."""
         self._usage.limit = int(self.config["daily_max"])
         if not self._usage.try_take(self.clock.now().timestamp()):
             self.limited["daily"] += 1
@@ -679,7 +687,7 @@ class SalesforceEmulator(Emulator):
             raise HttpError(404, {"message": f"no {req.params['object']} "
                                              f"{req.params['id']}"}) from None
 
-    # -- OAuth (§1) -------------------------------------------------------------------------------
+    # -- OAuth (docs/salesforce.md §1) -------------------------------------------------------------
     def _token(self, req: Request) -> Any:
         try:
             form = req.form()
@@ -753,7 +761,8 @@ class SalesforceEmulator(Emulator):
 
     def _issue(self, client: str, user: str) -> dict[str, Any]:
         """A session: no ``expires_in`` (it ends after the org's timeout, ``token_ttl_s``); the
-        signature is HMAC-SHA256 of id + issued_at keyed with the client secret (§1)."""
+        signature is HMAC-SHA256 of id + issued_at keyed with the client secret (docs/salesforce.md
+        §1)."""
         now = self.clock.now()
         token = f"{self.org_id[:15]}!AQ{self._digest('access')}"
         self._sessions[token] = Session(user, client, now + timedelta(
@@ -782,7 +791,7 @@ class SalesforceEmulator(Emulator):
             raise HttpError(401, SESSION_EXPIRED)
         return session
 
-    # -- query (§3, §4) ---------------------------------------------------------------------------
+    # -- query (docs/salesforce.md §3, §4) ---------------------------------------------------------
     def _query(self, req: Request, session: Session, endpoint: str) -> Any:
         text = req.arg("q")
         if not text:
@@ -944,7 +953,7 @@ class SalesforceEmulator(Emulator):
 
     def _create_record(self, req: Request, session: Session) -> Any:
         """``POST …/sobjects/{object}/``: 201 with ``{id, errors, success}``; a refusal is the
-        error array of §9 (§11)."""
+        error array of docs/salesforce.md §9 (docs/salesforce.md §11)."""
         obj = self._object(req)
         body = self._body(req)
         if not isinstance(body, dict):
@@ -1011,7 +1020,7 @@ class SalesforceEmulator(Emulator):
         except HttpError:
             raise fail(400, "JSON_PARSER_ERROR", "The request body is not valid JSON") from None
 
-    # -- sObject Collections: update (§6) and create (§11) ----------------------------------------
+    # -- sObject Collections: update (docs/salesforce.md §6) and create (docs/salesforce.md §11) ---
     def _collections_update(self, req: Request, session: Session) -> Any:
         def apply(item: tuple[str, dict[str, Any], dict[str, Any]], at: datetime) -> str:
             obj, row, changes = item
@@ -1093,7 +1102,7 @@ class SalesforceEmulator(Emulator):
         except RecordError as exc:
             return exc
 
-    # -- replication: getUpdated / getDeleted (§5) ------------------------------------------------
+    # -- replication: getUpdated / getDeleted (docs/salesforce.md §5) ------------------------------
     def _window(self, req: Request) -> tuple[datetime, datetime]:
         """[start, latestDateCovered): both ends lose their seconds; start at most
         ``replication_window_days`` back; covered never passes now (less the lag)."""

@@ -3,7 +3,7 @@ describe payload, and how a written value is checked and stored.
 
 The objects are Opportunity (docs/salesforce.md §2), just enough of Account and User to
 answer the ``Account.Name`` and ``Owner.Name`` relationship reads, and the Task fields a note on
-an opportunity's timeline uses (§11). Custom fields (``…__c``) come
+an opportunity's timeline uses (docs/salesforce.md §11). Custom fields (``…__c``) come
 from the emulator's config, so a test can take one away and watch a connector notice.
 """
 
@@ -185,7 +185,7 @@ OBJECT_LABELS = {"Opportunity": ("Opportunity", "Opportunities"),
 CUSTOM_TYPES = {"string", "textarea", "picklist", "url", "email", "currency", "percent",
                 "double", "date", "datetime", "boolean"}
 
-# The custom fields of docs/salesforce.md §6 (status, link) and §2 (priority).
+# The custom fields of docs/salesforce.md §6 (status, link) and docs/salesforce.md §2 (priority).
 DEFAULT_CUSTOM_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
     "Opportunity": {
         "Priority__c": {"label": "Priority", "type": "picklist",
@@ -272,7 +272,7 @@ def check_changes(obj: str, specs: list[FieldSpec], incoming: dict[str, Any], ex
                   creating: bool = False) -> tuple[dict[str, Any], list[ErrorItem]]:
     """Stored values for a write of ``incoming`` (API names, any case) and the errors Salesforce
     would report for it (docs/salesforce.md §6); ``creating``: a create, where the fields that
-    are createable but not updateable (Task.TaskSubtype, §11) may be set too."""
+    are createable but not updateable (Task.TaskSubtype, docs/salesforce.md §11) may be set too."""
     by_name = {spec.name.lower(): spec for spec in specs}
     changes: dict[str, Any] = {}
     errors: list[ErrorItem] = []
@@ -311,7 +311,8 @@ def _stored(spec: FieldSpec, raw: Any, exists: Exists) -> tuple[Any, ErrorItem |
             return None, ("MALFORMED_ID", incorrect, [spec.name])
         target = next((t for t in spec.targets if ident.startswith(KEY_PREFIX.get(t, "?"))),
                       None)
-        if target is None:  # an id, of an object this lookup cannot refer to (§11)
+        # an id, of an object this lookup cannot refer to (docs/salesforce.md §11)
+        if target is None:
             return None, ("FIELD_INTEGRITY_EXCEPTION", incorrect, [spec.name])
         if not exists(target, ident):
             return None, ("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id",

@@ -1,13 +1,15 @@
 """The Worktile tracker connector: the tasks of one project, through Worktile's team Open API.
 
-It owns what that API makes awkward (docs/worktile.md, cited as §n): the tenant token whose
-``expires_in`` is a duration (§2), refused tokens that arrive as HTTP 200 bodies as well as 401s
-(§3), replies checked before use and nginx's HTML error pages (§11, §13), the ``items``/``value``
-and bare-array envelopes with ``page_index`` from 0 (§5), at most three requests in flight
-(§11), change detection by scanning the project because there is no updated-since filter (§9),
-states and priorities by name (§6), and every write after creation as a capability: on only
-where the instance's ``task_writes`` setting says so and the API proves it (§10). Creating a
-task, with its priority and the deal context in its description, is always possible (§8).
+It owns what that API makes awkward: the tenant token whose
+``expires_in`` is a duration (docs/worktile.md §2), refused tokens that arrive as HTTP 200 bodies as
+well as 401s (docs/worktile.md §3), replies checked before use and nginx's HTML error pages
+(docs/worktile.md §11, §13), the ``items``/``value`` and bare-array envelopes with ``page_index``
+from 0 (docs/worktile.md §5), at most three requests in flight (docs/worktile.md §11), change
+detection by scanning the project because there is no updated-since filter (docs/worktile.md §9),
+states and priorities by name (docs/worktile.md §6), and every write after creation as a capability:
+on only where the instance's ``task_writes`` setting says so and the API proves it (docs/worktile.md
+§10). Creating a task, with its priority and the deal context in its description, is always possible
+(docs/worktile.md §8).
 
 Look-ups have no search to lean on, so one scan serves several purposes within a run: every
 scan remembers each task's key, id, creation time and marker text, and ``find_by_keys`` and
@@ -41,25 +43,28 @@ from sync.http import Auth, HttpClient, RefreshingToken, default_error, describe
 
 log = logging.getLogger("dealsync.worktile")
 
-API = "/open-api"  # the team API's prefix on the public cloud and private hosts alike (§2)
+# the team API's prefix on the public cloud and private hosts alike (docs/worktile.md §2)
+API = "/open-api"
 DEFAULT_BASE_URL = "https://dev.worktile.com"
 # Asked per page. Production accepted 200 without an error; a server may cap it silently, so
-# the effective size is whatever the first page holds (§5). One that refuses an oversized
-# page instead is asked again with the next size down (20 is the default size).
+# the effective size is whatever the first page holds (docs/worktile.md §5). One that refuses an
+# oversized page instead is asked again with the next size down (20 is the default size).
 PAGE_SIZES = (200, 100, 20)
 BY_IDS_BATCH = 100  # ids per get-tasks-by-ids call; no limit is on record, so stay modest
-MAX_IN_FLIGHT = 3  # about 8 in parallel draw 429s, 3 is stable (§11)
-DEFAULT_TOKEN_TTL_S = 7200.0  # used only if a token reply carries no expires_in (§2)
+MAX_IN_FLIGHT = 3  # about 8 in parallel draw 429s, 3 is stable (docs/worktile.md §11)
+# used only if a token reply carries no expires_in (docs/worktile.md §2)
+DEFAULT_TOKEN_TTL_S = 7200.0
 TOKEN_EARLY_S = 300.0  # renew this long before expiry, or half-way for short-lived tokens
-AUTH_CODES = frozenset({1102, 1103})  # malformed, unknown or expired token (§3)
-CREDENTIAL_CODE = 1101  # what the emulator answers bad client credentials with (§2)
+AUTH_CODES = frozenset({1102, 1103})  # malformed, unknown or expired token (docs/worktile.md §3)
+# what the emulator answers bad client credentials with (docs/worktile.md §2)
+CREDENTIAL_CODE = 1101
 AUTH_BODY_MAX = 4096  # an auth error body is tiny; a page of tasks is not worth parsing twice
-# Whole-day dates are Beijing midnights (§5); a due date is shown as that day.
+# Whole-day dates are Beijing midnights (docs/worktile.md §5); a due date is shown as that day.
 WORKTILE_TZ = ZoneInfo("Asia/Shanghai")
 PROBE_ID = "0" * 24  # a well-formed task id no task has: a write probe cannot change anything
 
-# Writes after creation (§10). Each capability rides on one endpoint; a 404 or 405 from that
-# endpoint turns off every capability on it.
+# Writes after creation (docs/worktile.md §10). Each capability rides on one endpoint; a 404 or 405
+# from that endpoint turns off every capability on it.
 CAPABILITIES = ("update", "state", "priority")
 ENDPOINT_OF = {"update": "update", "priority": "update", "state": "state"}
 CAPABILITY_OF = {"status": "state", "priority": "priority", "description": "update",
@@ -73,7 +78,8 @@ R = TypeVar("R")
 
 # -- replies and errors ----------------------------------------------------------------------------
 def error_code(response: requests.Response) -> int | None:
-    """``error_code`` of a JSON error body (``{"ok": false, "error_code": …}``, §3, §13)."""
+    """``error_code`` of a JSON error body (``{"ok": false, "error_code": …}``, docs/worktile.md §3,
+    §13)."""
     if "json" not in response.headers.get("Content-Type", ""):
         return None
     try:
@@ -90,7 +96,8 @@ def error_code(response: requests.Response) -> int | None:
 
 def _message(response: requests.Response, code: int | None) -> str:
     """The request, the status and, for a JSON body, the raw body: only the auth codes are on
-    record, so whatever else Worktile says is kept for the person reading it (§13)."""
+    record, so whatever else Worktile says is kept for the person reading it (docs/worktile.md
+    §13)."""
     text = describe(response)
     if code is not None:
         raw = json.dumps(response.json(), ensure_ascii=False)  # readable, \u escapes or not
@@ -99,7 +106,8 @@ def _message(response: requests.Response, code: int | None) -> str:
 
 
 def map_error(response: requests.Response) -> DealsyncError:
-    """By HTTP status first, then by ``ok``/``error_code`` when the body is JSON (§13)."""
+    """By HTTP status first, then by ``ok``/``error_code`` when the body is JSON (docs/worktile.md
+    §13)."""
     status, code = response.status_code, error_code(response)
     message = _message(response, code)
     if code in AUTH_CODES or code == CREDENTIAL_CODE or status in (401, 403):
@@ -108,7 +116,8 @@ def map_error(response: requests.Response) -> DealsyncError:
                                        "token made from them")
     if status in MISSING_ROUTE:
         # Worktile has no such route. For a read this is a wrong base_url; for a write after
-        # creation it is the documented state of the API (§10), which the caller handles.
+        # creation it is the documented state of the API (docs/worktile.md §10), which the caller
+        # handles.
         return RemoteError(message, hint="check base_url of this instance (the API lives under "
                                          f"{API}, e.g. {DEFAULT_BASE_URL})",
                            status=status, code=None if code is None else str(code))
@@ -119,7 +128,7 @@ def map_error(response: requests.Response) -> DealsyncError:
 
 def rows_of(body: Any) -> tuple[list[dict[str, Any]], bool | None, int | None]:
     """A list reply's rows, ``has_more`` and ``total``: rows under ``items`` or ``value``, or a
-    bare array that says neither (§5)."""
+    bare array that says neither (docs/worktile.md §5)."""
     if isinstance(body, list):
         return body, None, None
     if not isinstance(body, dict):
@@ -134,14 +143,14 @@ def rows_of(body: Any) -> tuple[list[dict[str, Any]], bool | None, int | None]:
 
 
 def from_epoch(value: Any) -> datetime | None:
-    """Worktile prints unix seconds (§5)."""
+    """Worktile prints unix seconds (docs/worktile.md §5)."""
     if value in (None, "", 0):
         return None
     return datetime.fromtimestamp(float(value), timezone.utc)
 
 
 def unwrap(value: Any) -> Any:
-    """V2 rows and details wrap each property as ``{"value": …}`` (§7.1)."""
+    """V2 rows and details wrap each property as ``{"value": …}`` (docs/worktile.md §7.1)."""
     if isinstance(value, dict) and set(value) == {"value"}:
         return value["value"]
     return value
@@ -149,7 +158,7 @@ def unwrap(value: Any) -> Any:
 
 def plain_text(desc: Any) -> str:
     """A description as text. What dealsync sends is stored as sent; what a person types is a
-    JSON string of slate-style blocks, read here as its paragraphs' text (§7.2)."""
+    JSON string of slate-style blocks, read here as its paragraphs' text (docs/worktile.md §7.2)."""
     if not isinstance(desc, str):
         return ""
     if not desc.startswith("[{"):
@@ -172,7 +181,8 @@ def _texts(node: dict[str, Any]) -> Iterator[str]:
 
 
 def due_day(value: Any) -> str | None:
-    """``{"date": seconds, "with_time": 0|1}`` as the Beijing day (§5); unset is date 0."""
+    """``{"date": seconds, "with_time": 0|1}`` as the Beijing day (docs/worktile.md §5); unset is
+    date 0."""
     value = unwrap(value)
     if not isinstance(value, dict) or not value.get("date"):
         return None
@@ -181,7 +191,7 @@ def due_day(value: Any) -> str | None:
 
 def write_form(value: Any) -> Any:
     """A property value as a V1 row shows it, in the form a write takes: references (select
-    options, priorities) by ``_id`` (§6.3, §6.4)."""
+    options, priorities) by ``_id`` (docs/worktile.md §6.3, §6.4)."""
     if isinstance(value, dict) and "_id" in value:
         return value["_id"]
     if isinstance(value, list):
@@ -189,11 +199,11 @@ def write_form(value: Any) -> Any:
     return value
 
 
-# -- authentication ------------------------------------------------------------------------------------
+# -- authentication --------------------------------------------------------------------------------
 class TenantToken(RefreshingToken):
     """The team token, sent as both the Bearer header and ``access_token`` (the docs ask for
-    both; production is known to accept the query parameter, §3). A refusal is a 401 or an
-    HTTP 200 body with error_code 1102/1103; either is renewed once and replayed."""
+    both; production is known to accept the query parameter, docs/worktile.md §3). A refusal is a
+    401 or an HTTP 200 body with error_code 1102/1103; either is renewed once and replayed."""
 
     def params(self) -> dict[str, str]:
         return {"access_token": self.token()}
@@ -223,7 +233,7 @@ class Project:
 
     id: str
     identifier: str
-    prefix: str  # task keys are <prefix>-<number> (§7.1)
+    prefix: str  # task keys are <prefix>-<number> (docs/worktile.md §7.1)
 
 
 @dataclass
@@ -253,14 +263,15 @@ class ScanIndex:
     scanned_at: float | None = None  # when the last full scan finished; None: none has
 
 
-# -- the connector ---------------------------------------------------------------------------------------
+# -- the connector ---------------------------------------------------------------------------------
 class WorktileConnector(TrackerConnector):
     type_name = "worktile"
     summary = "Worktile project tasks (team Open API, tenant token); writes after creation opt-in"
     secrets = (SecretSpec("client_id", "Worktile app client_id (企业后台 → 开放平台)"),
                SecretSpec("client_secret", "Worktile app client_secret"))
-    # Worktile publishes no limit (§11). The in-flight cap of 3 is what keeps requests stable;
-    # this window paces a long scan and leaves room for other tools using the same app.
+    # Worktile publishes no limit (docs/worktile.md §11). The in-flight cap of 3 is what keeps
+    # requests stable; this window paces a long scan and leaves room for other tools using the same
+    # app.
     default_rate_limits = {"default": RateLimit(20, 1.0)}
     batch_size = 1
     required_settings = ("project",)
@@ -333,11 +344,12 @@ class WorktileConnector(TrackerConnector):
         problems += _task_url_problems(settings.get("task_url"))
         return problems
 
-    # -- plumbing -----------------------------------------------------------------------------------
+    # -- plumbing ----------------------------------------------------------------------------------
     def _fetch_token(self) -> tuple[str, float]:
         """POST the app's credentials; ``expires_in`` is a duration, an epoch only if it is
-        above 1e9 (§2, §15.2). A reply without a token is a failed login, whatever its status.
-        Returns the time to renew at: TOKEN_EARLY_S early, or half-way for short tokens."""
+        above 1e9 (docs/worktile.md §2, §15.2). A reply without a token is a failed login, whatever
+        its status. Returns the time to renew at: TOKEN_EARLY_S early, or half-way for short
+        tokens."""
         client_id, secret = self.ctx.secret("client_id"), self.ctx.secret("client_secret")
         self._credentials.client_secret = secret
         response = self._token_http.request(
@@ -365,7 +377,8 @@ class WorktileConnector(TrackerConnector):
     @staticmethod
     def _body(response: requests.Response) -> Any:
         """Every reply is checked before use: its content type first (a gateway answers HTML),
-        then ``ok`` of a JSON object, which is false on errors sent as HTTP 200 (§3, §15.3)."""
+        then ``ok`` of a JSON object, which is false on errors sent as HTTP 200 (docs/worktile.md
+        §3, §15.3)."""
         if not response.content:
             return None
         content_type = response.headers.get("Content-Type", "")
@@ -405,7 +418,8 @@ class WorktileConnector(TrackerConnector):
 
     def _paged(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Every row of a by-page list: ``page_index`` from 0 until ``has_more`` is false or a
-        page is empty, never stopping at a short page (§5). When the first page gives
+        page is empty, never stopping at a short page (docs/worktile.md §5). When the first page
+        gives
         ``total``, the remaining pages are known and fetched up to three at a time."""
         def page(index: int) -> tuple[list[dict[str, Any]], bool | None, int | None]:
             return rows_of(self._get(path, **params, page_size=self._page_size,
@@ -429,7 +443,8 @@ class WorktileConnector(TrackerConnector):
                 close()
 
     def _first_page(self, page: Callable[[int], T]) -> T:
-        """Page 0, asking a smaller page size while the service refuses the size (§5)."""
+        """Page 0, asking a smaller page size while the service refuses the size (docs/worktile.md
+        §5)."""
         while True:
             try:
                 return page(0)
@@ -441,9 +456,9 @@ class WorktileConnector(TrackerConnector):
                          smaller[0], self._page_size)
                 self._page_size = smaller[0]
 
-    # -- names to ids -----------------------------------------------------------------------------------
+    # -- names to ids ------------------------------------------------------------------------------
     def project(self) -> Project:
-        """The configured project, by identifier or id (§4), read once."""
+        """The configured project, by identifier or id (docs/worktile.md §4), read once."""
         if self._project is None:
             wanted = str(self.settings["project"])
             projects = list(self._paged("/mission/get-projects-by-page", {}))
@@ -460,8 +475,9 @@ class WorktileConnector(TrackerConnector):
         return self._project
 
     def task_type(self) -> TaskType:
-        """The task type new requirements get, with its states, flows and properties (§6.1,
-        §6.2: the paths are the emulator's assumption, the endpoints are listed in the docs)."""
+        """The task type new requirements get, with its states, flows and properties
+        (docs/worktile.md §6.1, docs/worktile.md §6.2: the paths are the emulator's assumption, the
+        endpoints are listed in the docs)."""
         if self._type is None:
             project = self.project()
             wanted = str(self.settings.get("task_type", "需求"))
@@ -485,7 +501,8 @@ class WorktileConnector(TrackerConnector):
         return self._type
 
     def _check_marker_property(self, props: list[dict[str, Any]]) -> None:
-        """The marker property must be a text property of the type (§6.4: types 1 and 2)."""
+        """The marker property must be a text property of the type (docs/worktile.md §6.4: types 1
+        and 2)."""
         wanted = self.settings.get("marker_property")
         if not wanted:
             return
@@ -507,8 +524,9 @@ class WorktileConnector(TrackerConnector):
         return str(wanted) if wanted else None
 
     def _priorities(self) -> dict[str, str]:
-        """Priority names to ids. Worktile documents no endpoint listing them (§6.3): ask the
-        one the emulator assumes, accept its absence, and learn the rest from tasks read."""
+        """Priority names to ids. Worktile documents no endpoint listing them (docs/worktile.md
+        §6.3): ask the one the emulator assumes, accept its absence, and learn the rest from tasks
+        read."""
         if self._priority_ids is None:
             self._priority_ids = {}
             try:
@@ -540,7 +558,7 @@ class WorktileConnector(TrackerConnector):
                                  "the project once, or fix the mapping's priority values")
         return known[name]
 
-    # -- shapes -------------------------------------------------------------------------------------------
+    # -- shapes ------------------------------------------------------------------------------------
     def _requirement(self, raw: dict[str, Any]) -> Requirement:
         props = raw.get("properties") or {}
         priority = unwrap(props.get("priority"))
@@ -562,8 +580,9 @@ class WorktileConnector(TrackerConnector):
                                     project_id=raw.get("project_id") or "")
 
     def _fields(self, *extra: str) -> str:
-        """Always name the properties: V1 rows carry only those (§7.1). The light set is the
-        priority (its ids are learned from tasks, §6.3) and the marker property."""
+        """Always name the properties: V1 rows carry only those (docs/worktile.md §7.1). The light
+        set is the priority (its ids are learned from tasks, docs/worktile.md §6.3) and the marker
+        property."""
         keys = ["priority", *extra]
         marker = self._marker_key()
         if marker:
@@ -578,7 +597,7 @@ class WorktileConnector(TrackerConnector):
         for _ in self._scan(self._fields().split(",")):
             pass
 
-    # -- the scan index -----------------------------------------------------------------------------------
+    # -- the scan index ----------------------------------------------------------------------------
     def _remember(self, raw: dict[str, Any]) -> None:
         """Note a task's key, id, creation time and, where this read carried it, the text its
         markers are in: every read keeps the index current, creates included."""
@@ -596,8 +615,8 @@ class WorktileConnector(TrackerConnector):
 
     def _scan(self, keys: list[str]) -> Iterator[dict[str, Any]]:
         """Every task of the project, with the properties ``keys``, once each (offset paging
-        over changing rows may repeat one, §5). The index starts over with this scan and
-        counts as complete only once the scan is."""
+        over changing rows may repeat one, docs/worktile.md §5). The index starts over with this
+        scan and counts as complete only once the scan is."""
         source = self._marker_key() or "desc"
         with self._index_lock:
             self._index = ScanIndex(marker_source=source if source in keys else None)
@@ -614,8 +633,8 @@ class WorktileConnector(TrackerConnector):
 
     def _tasks_by_ids(self, ids: list[str], fields: str) -> dict[str, dict[str, Any]]:
         """Tasks by id, BY_IDS_BATCH a call, up to three calls at once; unknown ids are simply
-        missing from the bare array (§5). If a batch is refused because it names an unknown
-        id (``by_ids_unknown``), its ids are asked one by one and a refused one is gone."""
+        missing from the bare array (docs/worktile.md §5). If a batch is refused because it names an
+        unknown id (``by_ids_unknown``), its ids are asked one by one and a refused one is gone."""
         def batch(chunk: list[str]) -> list[dict[str, Any]]:
             try:
                 return self._by_ids(chunk, fields)
@@ -636,12 +655,12 @@ class WorktileConnector(TrackerConnector):
         return rows_of(self._get("/mission/get-tasks-by-ids", task_ids=",".join(ids),
                                  fields=fields))[0]
 
-    # -- reading ---------------------------------------------------------------------------------------------
+    # -- reading -----------------------------------------------------------------------------------
     def iter_changed(self, since: datetime | None, until: datetime) -> Iterator[Requirement]:
-        """There is no updated-since filter (§9): scan the project and compare ``updated_at``.
-        From the beginning every task is wanted, so one scan reads them whole. Otherwise the
-        scan asks only the small properties (priority, the marker) and the few tasks that
-        changed are read whole by id afterwards: the same number of pages, far fewer bytes,
+        """There is no updated-since filter (docs/worktile.md §9): scan the project and compare
+        ``updated_at``. From the beginning every task is wanted, so one scan reads them whole.
+        Otherwise the scan asks only the small properties (priority, the marker) and the few tasks
+        that changed are read whole by id afterwards: the same number of pages, far fewer bytes,
         and the index for look-ups comes with it."""
         if since is None:
             for raw in self._scan(self._full_fields().split(",")):
@@ -683,10 +702,11 @@ class WorktileConnector(TrackerConnector):
 
     def find_by_markers(self, markers: list[str], prefix: str,
                         marked: int) -> dict[str, Requirement]:
-        """No search exists (§9), so markers come from a scan: of the marker property where one
-        is configured (small rows, §15.5), else of the descriptions. The run's change scan
-        already read the marker property, so then no call is needed but one by-ids read of
-        the hits; tasks created since are in the index too. The first created wins."""
+        """No search exists (docs/worktile.md §9), so markers come from a scan: of the marker
+        property where one is configured (small rows, docs/worktile.md §15.5), else of the
+        descriptions. The run's change scan already read the marker property, so then no call is
+        needed but one by-ids read of the hits; tasks created since are in the index too. The first
+        created wins."""
         if not markers:
             return {}
         source = self._marker_key() or "desc"
@@ -718,11 +738,11 @@ class WorktileConnector(TrackerConnector):
             return list(self._priorities())
         return None
 
-    # -- write capabilities (§10) -------------------------------------------------------------------------
+    # -- write capabilities (docs/worktile.md §10) -------------------------------------------------
     def can_write(self, what: str) -> bool:
         """Creating is always possible. Changing a task afterwards is not in Worktile's
-        documented API (§10): a capability is on only if ``task_writes`` names it and its
-        endpoint exists (probed once, harmlessly, on a task id no task has)."""
+        documented API (docs/worktile.md §10): a capability is on only if ``task_writes`` names it
+        and its endpoint exists (probed once, harmlessly, on a task id no task has)."""
         capability = CAPABILITY_OF.get(what)
         return capability is not None and self._capable(capability)
 
@@ -733,8 +753,9 @@ class WorktileConnector(TrackerConnector):
         return capability in self._writes
 
     def _probe(self, endpoint: str) -> None:
-        """A write to a task that does not exist: a missing endpoint answers 404 or 405 (§10),
-        an existing one refuses the unknown task. Nothing can change either way."""
+        """A write to a task that does not exist: a missing endpoint answers 404 or 405
+        (docs/worktile.md §10), an existing one refuses the unknown task. Nothing can change either
+        way."""
         path, body = _write_call(endpoint, PROBE_ID, {} if endpoint == "update"
                                  else {"task_state_id": PROBE_ID})
         try:
@@ -787,11 +808,11 @@ class WorktileConnector(TrackerConnector):
                                 hint="mark the field manual = true in the mapping, or set "
                                      "direction = \"to_crm\"", retryable=False)
 
-    # -- writing -----------------------------------------------------------------------------------------------
+    # -- writing -----------------------------------------------------------------------------------
     def create(self, new: NewRequirement) -> Requirement:
-        """§8: the deal's context goes into ``desc`` now, since it may never be changed later;
-        the priority and the marker property too. The task starts in its type's initial state;
-        a status is reached afterwards only where the state write is on."""
+        """docs/worktile.md §8: the deal's context goes into ``desc`` now, since it may never be
+        changed later; the priority and the marker property too. The task starts in its type's
+        initial state; a status is reached afterwards only where the state write is on."""
         fields = dict(new.fields)
         status, priority = fields.pop("status", None), fields.pop("priority", None)
         _refuse_other_fields(fields)
@@ -811,8 +832,8 @@ class WorktileConnector(TrackerConnector):
         return self._requirement(raw)
 
     def _verified(self, raw: Any, sent: dict[str, Any]) -> dict[str, Any]:
-        """Unknown fields of a create are ignored (§8), so check that the description and
-        marker stuck, reading the task back when the reply does not show them."""
+        """Unknown fields of a create are ignored (docs/worktile.md §8), so check that the
+        description and marker stuck, reading the task back when the reply does not show them."""
         if not isinstance(raw, dict) or not raw.get("_id"):
             raise AmbiguousWrite(f"Worktile answered a create in {self._where()} without a task "
                                  f"id: {str(raw)[:200]}")
@@ -845,9 +866,9 @@ class WorktileConnector(TrackerConnector):
             return raw
 
     def update(self, req_id: str, change: RequirementChange) -> Requirement:
-        """§10 (every write here is an assumption of the emulator). Names are resolved and the
-        state path found before anything is written, so a refusal changes nothing. Every
-        property the task has is sent back with the change: right whether the service merges
+        """docs/worktile.md §10 (every write here is an assumption of the emulator). Names are
+        resolved and the state path found before anything is written, so a refusal changes nothing.
+        Every property the task has is sent back with the change: right whether the service merges
         or replaces properties, which is not on record."""
         fields = dict(change.fields)
         status = fields.pop("status", None)
@@ -888,7 +909,8 @@ class WorktileConnector(TrackerConnector):
         return rows[req_id]
 
     def _path(self, task: dict[str, Any], status: str) -> list[str]:
-        """The state ids to pass through to ``status``, by the type's flows (§6.2)."""
+        """The state ids to pass through to ``status``, by the type's flows (docs/worktile.md
+        §6.2)."""
         task_type = self.task_type()
         target = task_type.states.get(status)
         if target is None:
@@ -925,8 +947,8 @@ def configured_writes(value: Any) -> tuple[str, ...]:
 
 
 def _write_call(endpoint: str, task_id: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Where each write goes: ``PUT /mission/tasks/{id}`` and ``…/{id}/state`` (§10, the
-    emulator's assumption, the state body being what Worktile's own web client sends)."""
+    """Where each write goes: ``PUT /mission/tasks/{id}`` and ``…/{id}/state`` (docs/worktile.md
+    §10, the emulator's assumption, the state body being what Worktile's own web client sends)."""
     return (f"/mission/tasks/{task_id}" + ("/state" if endpoint == "state" else "")), body
 
 

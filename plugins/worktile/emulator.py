@@ -1,18 +1,20 @@
 """A faithful local Worktile Open API (the team API under ``/open-api``), built on the shared kit.
 
-It owns what a Worktile connector talks to, as ``docs/worktile.md`` (cited as "§n") describes it:
-the team token whose ``expires_in`` is a *duration* (§2), token checks that answer a bad token
-mostly with HTTP 200 and ``{"ok": false, "error_code": 1103}`` (§3), members, projects (with
-creation from a template), task types with their states, flows and property definitions, per
-project priorities (§6), tasks read as V1 rows, V2 rows and details (§7), task creation (§8),
-paging from ``page_index`` 0 with ``has_more`` and the ``items``/``value``/bare-array envelopes
-(§5), no updated-since filter (§9), archive/activate and transition histories, a webhook-shaped
-event log (§12), and throttling the way nginx does it: HTML 429 pages, a request window and at
-most ``max_in_flight`` requests in flight (§11).
+It owns what a Worktile connector talks to, as ``docs/worktile.md`` describes it:
+the team token whose ``expires_in`` is a *duration* (docs/worktile.md §2), token checks that answer
+a bad token mostly with HTTP 200 and ``{"ok": false, "error_code": 1103}`` (docs/worktile.md §3),
+members, projects (with creation from a template), task types with their states, flows and property
+definitions, per project priorities (docs/worktile.md §6), tasks read as V1 rows, V2 rows and
+details (docs/worktile.md §7), task creation (docs/worktile.md §8), paging from ``page_index`` 0
+with ``has_more`` and the ``items``/``value``/bare-array envelopes (docs/worktile.md §5), no
+updated-since filter (docs/worktile.md §9), archive/activate and transition histories, a
+webhook-shaped event log (docs/worktile.md §12), and throttling the way nginx does it: HTML 429
+pages, a request window and at most ``max_in_flight`` requests in flight (docs/worktile.md §11).
 
 The write endpoints Worktile does **not** document (task update, state change, priority through
-the update, comments; §10) are served only when the config says ``task_writes = "on"``; their
-paths and bodies are this emulator's assumption. Off (the default), they answer 404 (or 405).
+the update, comments; docs/worktile.md §10) are served only when the config says ``task_writes =
+"on"``; their paths and bodies are this emulator's assumption. Off (the default), they answer 404
+(or 405).
 
 Everything the public record does not settle is a config key (``/__emu/config``, see
 ``DEFAULT_CONFIG``) or, where a default had to be picked, marked ``[I]``: an assumption, listed as
@@ -42,13 +44,16 @@ from plugins.emulator import (Emulator, Fault, HttpError, RealtimeClock, Request
 PREFIX = "/open-api"
 ID = r"(?P<id>[^/]+)"
 DEFAULT_START = datetime(2025, 3, 3, 1, 0, tzinfo=timezone.utc)  # Monday 09:00 in Beijing
-TEAM_TZ = ZoneInfo("Asia/Shanghai")  # whole-day dates are local midnights (§5) [I]
+TEAM_TZ = ZoneInfo("Asia/Shanghai")  # whole-day dates are local midnights (docs/worktile.md §5) [I]
 TOKEN_RE = re.compile(r"[0-9a-f]{32}")  # the real token format is not on record [I]
 
-# Error codes (§3, §13). Only 1102 and 1103 are on record; every other code is this emulator's.
+# Error codes (docs/worktile.md §3, §13). Only 1102 and 1103 are on record; every other code is this
+# emulator's.
 E_CREDENTIALS = (1101, "client_id或client_secret错误")        # [I]
-E_TOKEN_MALFORMED = (1102, "access_token格式错误")            # §3: malformed (or missing)
-E_TOKEN_INVALID = (1103, "invalid access token")             # §3: unknown or expired
+# docs/worktile.md §3: malformed (or missing)
+E_TOKEN_MALFORMED = (1102, "access_token格式错误")
+# docs/worktile.md §3: unknown or expired
+E_TOKEN_INVALID = (1103, "invalid access token")
 E_MISSING = 2001                                             # [I] a required parameter is absent
 E_INVALID = 2002                                             # [I] a parameter has a bad value
 E_PROJECT = (3001, "项目不存在")                               # [I]
@@ -59,54 +64,65 @@ E_FLOW = (3005, "任务状态不能流转到目标状态")                      
 E_NO_ROUTE = (4040, "Not Found")                             # [I]
 E_THROTTLED = (4290, "Too Many Requests")                    # [I] only for throttle_body=json
 
-# What nginx prints for the statuses Worktile's gateway answers itself (§11).
+# What nginx prints for the statuses Worktile's gateway answers itself (docs/worktile.md §11).
 NGINX_REASONS = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
                  503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 
-# Property type numbers (§6.4) and the value a task shows while the property is unset.
+# Property type numbers (docs/worktile.md §6.4) and the value a task shows while the property is
+# unset.
 P_TEXT, P_TEXTAREA, P_NUMBER, P_DATE, P_SELECT, P_MEMBER, P_MEMBERS = 1, 2, 3, 4, 6, 9, 10
 P_TAG, P_PRIORITY, P_FILE, P_MULTI = 16, 17, 19, 22
 LIST_TYPES = {P_MEMBERS, P_TAG, P_FILE, P_MULTI}
 UNSET_DATE = {"date": 0, "with_time": 0}
 
 DEFAULT_CONFIG: dict[str, Any] = {
-    "token_ttl_s": 7200,                # the live lifetime is not on record (§2) [I]
-    "expires_in_mode": "duration",      # or "absolute" (an epoch, as PingCode answers) (§2)
+    # the live lifetime is not on record (docs/worktile.md §2) [I]
+    "token_ttl_s": 7200,
+    # or "absolute" (an epoch, as PingCode answers) (docs/worktile.md §2)
+    "expires_in_mode": "duration",
     # Where a token is accepted: "query" (access_token=, proven live), "header" (Bearer),
-    # "either", or "both" (as the docs ask) (§2). The default refuses a header-only client,
-    # since header-only is unverified against the real service.
+    # "either", or "both" (as the docs ask) (docs/worktile.md §2). The default refuses a header-only
+    # client, since header-only is unverified against the real service.
     "token_placement": "query",
-    "auth_error_mode": "200_body",      # or "401" (§3: mostly 200 + body, sometimes 401)
+    # or "401" (docs/worktile.md §3: mostly 200 + body, sometimes 401)
+    "auth_error_mode": "200_body",
     "error_status": 400,                # status of other errors; 200 makes them body-only [I]
     "rate_limit": 50,                   # requests per window, all callers together; 0 = off [I]
     "rate_window_ms": 1000,
-    "max_in_flight": 3,                 # §11: ~8 in parallel draw 429s, 3 is stable; 0 = off
+    # docs/worktile.md §11: ~8 in parallel draw 429s, 3 is stable; 0 = off
+    "max_in_flight": 3,
     "latency_ms": 0,                    # sleep before answering, outside the lock
-    "throttle_body": "html",            # or "json" (§11: nginx's HTML page)
-    "retry_after": "none",              # or "computed" / "fixed" (§11: no header on record)
+    "throttle_body": "html",            # or "json" (docs/worktile.md §11: nginx's HTML page)
+    # or "computed" / "fixed" (docs/worktile.md §11: no header on record)
+    "retry_after": "none",
     "retry_after_s": 1,                 # the "fixed" value
     "page_size_default": 20,            # [I]
     "page_size_max": 100,               # [I]
-    "page_size_over": "clamp",          # or "400" (§5: an oversized size is not refused)
-    "page_items_key": "items",          # or "value" / "bare" (§5: clients accept all three)
-    "by_ids_unknown": "omit",           # or "error" (§5)
-    "v1_properties_without_fields": "none",  # or "all" (§7.1: V1 rows need fields=)
-    "detail_envelope": "bare",          # or "data_value" (§7.3)
-    "task_writes": "off",               # "on" serves the undocumented writes (§10) [I]
-    "writes_off_status": 404,           # or 405, what the writes answer while off (§10)
+    # or "400" (docs/worktile.md §5: an oversized size is not refused)
+    "page_size_over": "clamp",
+    # or "value" / "bare" (docs/worktile.md §5: clients accept all three)
+    "page_items_key": "items",
+    "by_ids_unknown": "omit",           # or "error" (docs/worktile.md §5)
+    # or "all" (docs/worktile.md §7.1: V1 rows need fields=)
+    "v1_properties_without_fields": "none",
+    "detail_envelope": "bare",          # or "data_value" (docs/worktile.md §7.3)
+    # "on" serves the undocumented writes (docs/worktile.md §10) [I]
+    "task_writes": "off",
+    # or 405, what the writes answer while off (docs/worktile.md §10)
+    "writes_off_status": 404,
     "enforce_flow": True,               # a state write must follow the type's flows [I]
     "properties_update": "merge",       # or "replace" [I]
-    "member_email": False,              # members carry no email on record (§4)
+    "member_email": False,              # members carry no email on record (docs/worktile.md §4)
 }
 
 # -- the default world --------------------------------------------------------------------------
-STATES = [  # team-wide workflow states (§6.2): name, category
+STATES = [  # team-wide workflow states (docs/worktile.md §6.2): name, category
     ("未激活", 1), ("设计中", 2), ("研发中", 2), ("测试中", 2), ("已发布", 3),
     ("未开始", 1), ("进行中", 2), ("已完成", 3), ("已取消", 3),
     ("打开", 1), ("修复中", 2), ("已解决", 3), ("关闭", 3),
 ]
 CATEGORY_COLORS = {1: "#56abfb", 2: "#f6c659", 3: "#73d897"}
-BUILTIN_PROPERTIES = [  # §6.4 built-in keys
+BUILTIN_PROPERTIES = [  # docs/worktile.md §6.4 built-in keys
     {"key": "assignee", "name": "负责人", "type": P_MEMBER},
     {"key": "participant", "name": "参与人", "type": P_MEMBERS},
     {"key": "start", "name": "开始时间", "type": P_DATE},
@@ -180,7 +196,8 @@ class RawBody:
 
 
 def nginx_page(status: int) -> RawBody:
-    """nginx's stock error page, as the gateway in front of Worktile sends it (§11)."""
+    """nginx's stock error page, as the gateway in front of Worktile sends it (docs/worktile.md
+    §11)."""
     title = f"{status} {NGINX_REASONS[status]}"
     html = (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
             f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -190,7 +207,7 @@ def nginx_page(status: int) -> RawBody:
 
 def rich_text(text: str) -> str:
     """One slate-style paragraph block as a JSON string: how Worktile stores what a person
-    types into a description or comment (§7.2)."""
+    types into a description or comment (docs/worktile.md §7.2)."""
     return json.dumps([{"type": "paragraph", "key": "p0", "children": [{"text": text}]}],
                       ensure_ascii=False)
 
@@ -274,11 +291,11 @@ class WorktileEmulator(Emulator):
             self._seed_property(spec)
 
     def now(self) -> int:
-        """The clock as Worktile prints time: unix seconds (§5)."""
+        """The clock as Worktile prints time: unix seconds (docs/worktile.md §5)."""
         return int(self.clock.now().timestamp())
 
     def _oid(self) -> str:
-        """A 24-hex id, like every Worktile id, users' ``uid`` included (§5)."""
+        """A 24-hex id, like every Worktile id, users' ``uid`` included (docs/worktile.md §5)."""
         return f"{self.random.getrandbits(96):024x}"
 
     def stats(self) -> dict[str, Any]:
@@ -311,7 +328,7 @@ class WorktileEmulator(Emulator):
 
     def _seed_app(self, app: dict[str, Any]) -> None:
         """An application's credentials; its token acts as the application, shown by its own uid
-        (§2: the token is not a person) [I]."""
+        (docs/worktile.md §2: the token is not a person) [I]."""
         self.apps[app["client_id"]] = {"secret": app["client_secret"], "uid": self._oid(),
                                        "name": app.get("name", app["client_id"])}
 
@@ -433,7 +450,7 @@ class WorktileEmulator(Emulator):
         now = self.now()
         record = {
             "_id": self._oid(), "project_id": project["_id"], "number": number,
-            "identifier": f"{project['task_identifier_prefix']}-{number}",  # §7.1
+            "identifier": f"{project['task_identifier_prefix']}-{number}",  # docs/worktile.md §7.1
             "title": title, "type_id": task_type["_id"],
             "state_id": state_id or task_type["initial_state_id"], "parent_id": "",
             "parent_ids": [], "derived_ids": [], "relation_ids": [], "properties": dict(values),
@@ -507,7 +524,8 @@ class WorktileEmulator(Emulator):
 
     def fail_next(self, status: int, count: int = 1, match: str = r"* /open-api/.*") -> None:
         """The next ``count`` API calls matching ``match`` fail with ``status``: 401 answers a
-        token error in Worktile's body (§3); 429 and 5xx answer nginx's HTML page (§11)."""
+        token error in Worktile's body (docs/worktile.md §3); 429 and 5xx answer nginx's HTML page
+        (docs/worktile.md §11)."""
         with self.lock:
             body = self._error_body(E_TOKEN_INVALID) if status == 401 else None
             self.faults.append(Fault(match=match, nth=list(range(1, count + 1)), status=status,
@@ -599,7 +617,8 @@ class WorktileEmulator(Emulator):
     def _checked_properties(self, pid: str, task_type: dict[str, Any],
                             values: Any) -> dict[str, Any]:
         """Property values keyed by property key (a dict, or the internal API's list of
-        ``{property_id|key, value}``, §8), checked and normalised to what is stored."""
+        ``{property_id|key, value}``, docs/worktile.md §8), checked and normalised to what is
+        stored."""
         if isinstance(values, list):
             values = {self._property_key(entry): entry.get("value") for entry in values}
         if not isinstance(values, dict):
@@ -640,8 +659,8 @@ class WorktileEmulator(Emulator):
         return value
 
     def _date_value(self, value: Any) -> dict[str, int]:
-        """``{"date": seconds, "with_time": 0|1}`` (§5); also from seconds or "YYYY-MM-DD"
-        (a whole day: local midnight, ``with_time`` 0)."""
+        """``{"date": seconds, "with_time": 0|1}`` (docs/worktile.md §5); also from seconds or
+        "YYYY-MM-DD" (a whole day: local midnight, ``with_time`` 0)."""
         if isinstance(value, bool):
             raise self._error(E_INVALID, "日期格式不正确")
         if isinstance(value, int):
@@ -667,7 +686,7 @@ class WorktileEmulator(Emulator):
     # == changing tasks ============================================================================
     def _apply(self, record: dict[str, Any], changes: dict[str, Any], uid: str) -> None:
         """Apply checked ``title``/``properties`` changes, with an event for each kind of change
-        a webhook receiver has seen (§12)."""
+        a webhook receiver has seen (docs/worktile.md §12)."""
         if "title" in changes and changes["title"] != record["title"]:
             self._change_event(record, "title", record["title"], changes["title"], uid)
             record["title"] = changes["title"]
@@ -691,8 +710,8 @@ class WorktileEmulator(Emulator):
         self._mark_completed(record)
 
     def _mark_completed(self, record: dict[str, Any]) -> None:
-        """``completed_at`` is set on entering a category-3 state (§6.2); leaving one clears it,
-        which the public record does not settle [I]."""
+        """``completed_at`` is set on entering a category-3 state (docs/worktile.md §6.2); leaving
+        one clears it, which the public record does not settle [I]."""
         if self.states[record["state_id"]]["type"] == 3:
             record["completed_at"] = record["completed_at"] or self.now()
         else:
@@ -702,7 +721,8 @@ class WorktileEmulator(Emulator):
         record["updated_at"] = self.now()
         record["updated_by"] = uid
 
-    # == events (webhook-shaped, §12; the names are this emulator's) ===============================
+    # == events (webhook-shaped, docs/worktile.md §12; the names are this emulator's)
+    # ===============================
     def _event(self, name: str, payload: dict[str, Any]) -> None:
         self.events.append({"event": name, "payload": payload, "at": self.now()})
 
@@ -758,8 +778,8 @@ class WorktileEmulator(Emulator):
         return {k: task_type[k] for k in ("_id", "name", "description")}
 
     def _type_detail(self, task_type: dict[str, Any]) -> dict[str, Any]:
-        """§6: a type defines its states (category ``type`` 1/2/3), initial state, flows and
-        properties. The path and this shape are the emulator's [I]."""
+        """docs/worktile.md §6: a type defines its states (category ``type`` 1/2/3), initial state,
+        flows and properties. The path and this shape are the emulator's [I]."""
         return {**self._type_ref(task_type),
                 "states": [self._state_shape(self.states[s]) for s in task_type["state_ids"]],
                 "initial_state_id": task_type["initial_state_id"],
@@ -768,7 +788,7 @@ class WorktileEmulator(Emulator):
                                for k in task_type["property_keys"]]}
 
     def _value_shape(self, pid: str, key: str, stored: Any) -> Any:
-        """A property's value as a V1 row shows it (§7.1)."""
+        """A property's value as a V1 row shows it (docs/worktile.md §7.1)."""
         definition = self.property_defs[key]
         kind = definition["type"]
         if kind == P_SELECT:
@@ -787,7 +807,7 @@ class WorktileEmulator(Emulator):
     def _properties(self, record: dict[str, Any], keys: list[str] | None,
                     wrapped: bool) -> dict[str, Any]:
         """The properties named by ``keys`` (all of the type's when None); V2 rows and details
-        wrap each value as ``{"value": …}`` (§6.4)."""
+        wrap each value as ``{"value": …}`` (docs/worktile.md §6.4)."""
         type_keys = self.types[record["type_id"]]["property_keys"]
         wanted = type_keys if keys is None else [k for k in keys if k in type_keys]
         out = {}
@@ -797,7 +817,7 @@ class WorktileEmulator(Emulator):
         return out
 
     def _v1(self, record: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
-        """A V1 row (§7.1): properties only for ``fields`` (all when None)."""
+        """A V1 row (docs/worktile.md §7.1): properties only for ``fields`` (all when None)."""
         state = self.states[record["state_id"]]
         task_type = self.types[record["type_id"]]
         row = {k: copy.deepcopy(record[k]) for k in (
@@ -828,12 +848,13 @@ class WorktileEmulator(Emulator):
         return {"ok": False, "error_code": err[0], "error_message": err[1]}
 
     def _error(self, code: int, message: str, status: int | None = None) -> HttpError:
-        """§13: ``{"ok": false, "error_code", "error_message"}``; the status is configurable."""
+        """docs/worktile.md §13: ``{"ok": false, "error_code", "error_message"}``; the status is
+        configurable."""
         return HttpError(status or int(self.config["error_status"]),
                          self._error_body((code, message)))
 
     def _auth_error(self, err: tuple[int, str]) -> HttpError:
-        """§3: HTTP 200 with the error in the body, or HTTP 401."""
+        """docs/worktile.md §3: HTTP 200 with the error in the body, or HTTP 401."""
         return HttpError(401 if str(self.config["auth_error_mode"]) == "401" else 200,
                          self._error_body(err))
 
@@ -850,7 +871,8 @@ class WorktileEmulator(Emulator):
             raise self._error(E_INVALID, f"{name}不是有效的数字") from None
 
     def _paging(self, req: Request) -> tuple[int, int]:
-        """§5: ``page_index`` from 0; a size over the cap is clamped silently or refused."""
+        """docs/worktile.md §5: ``page_index`` from 0; a size over the cap is clamped silently or
+        refused."""
         index = self._int_arg(req, "page_index", 0)
         size = self._int_arg(req, "page_size", int(self.config["page_size_default"]))
         cap = int(self.config["page_size_max"])
@@ -862,7 +884,7 @@ class WorktileEmulator(Emulator):
 
     def _page(self, req: Request, rows: list[Any], shape: Callable[[Any], Any]) -> Any:
         """A by-page reply: rows under ``items`` or ``value`` with ``total`` and ``has_more``,
-        or a bare array (§5)."""
+        or a bare array (docs/worktile.md §5)."""
         index, size = self._paging(req)
         chunk = [shape(row) for row in rows[index * size:(index + 1) * size]]
         key = self.config["page_items_key"]
@@ -872,7 +894,8 @@ class WorktileEmulator(Emulator):
 
     def _by_ids(self, req: Request, param: str, lookup: Callable[[str], Any],
                 shape: Callable[[Any], Any]) -> list[Any]:
-        """A by-ids reply: a bare array; unknown ids are left out (or refused) (§5)."""
+        """A by-ids reply: a bare array; unknown ids are left out (or refused) (docs/worktile.md
+        §5)."""
         ids = [i for i in (req.arg(param) or "").split(",") if i]
         if not ids:
             raise self._error(E_MISSING, f"{param}不能为空")
@@ -895,7 +918,8 @@ class WorktileEmulator(Emulator):
             raise self._error(E_INVALID, "请求体格式不正确")
         return body
 
-    # == throttling (§11) ==========================================================================
+    # == throttling (docs/worktile.md §11)
+    # ==========================================================================
     def _retry_after(self, wait_s: float) -> dict[str, str]:
         mode = self.config["retry_after"]
         if mode == "computed":
@@ -998,7 +1022,7 @@ class WorktileEmulator(Emulator):
         api("GET", rf"/mission/tasks/{ID}/transitions", self.h_transitions)
         api("POST", rf"/mission/tasks/{ID}/archive", lambda r: self._set_archived(r, 1))
         api("POST", rf"/mission/tasks/{ID}/activate", lambda r: self._set_archived(r, 0))
-        # §10: not in Worktile's documentation. Paths and bodies are assumptions.
+        # docs/worktile.md §10: not in Worktile's documentation. Paths and bodies are assumptions.
         api("PUT", rf"/mission/tasks/{ID}", self.h_task_update, write=True)
         api("PATCH", rf"/mission/tasks/{ID}", self.h_task_update, write=True)
         api("PUT", rf"/mission/tasks/{ID}/state", self.h_task_state, write=True)
@@ -1038,7 +1062,7 @@ class WorktileEmulator(Emulator):
         self.route(method, PREFIX + pattern, wrapped)
 
     def _write_refused(self, req: Request) -> Response:
-        """§10: 404, or 405 naming the methods the path does serve."""
+        """docs/worktile.md §10: 404, or 405 naming the methods the path does serve."""
         if int(self.config["writes_off_status"]) != 405:
             return self.not_found(req)
         allowed = sorted({m for m, pattern, _ in self.routes
@@ -1046,7 +1070,8 @@ class WorktileEmulator(Emulator):
         headers = {"Allow": ", ".join(allowed)} if allowed else {}
         return Response(405, self._error_body((4050, "Method Not Allowed")), headers)
 
-    # == handlers: auth (§2, §3) ===================================================================
+    # == handlers: auth (docs/worktile.md §2, §3)
+    # ===================================================================
     def h_token(self, req: Request) -> Any:
         body = self._body(req)
         app = self.apps.get(str(body.get("client_id") or ""))
@@ -1077,7 +1102,8 @@ class WorktileEmulator(Emulator):
             raise self._auth_error(E_TOKEN_INVALID)
         return record
 
-    # == handlers: members and projects (§4) =======================================================
+    # == handlers: members and projects (docs/worktile.md §4)
+    # =======================================================
     def h_members(self, req: Request) -> Any:
         return self._page(req, list(self.users.values()), self._member)
 
@@ -1091,8 +1117,8 @@ class WorktileEmulator(Emulator):
         return self._by_ids(req, "project_ids", self.projects.get, self._project_shape)
 
     def h_project_create(self, req: Request) -> Any:
-        """§4: ``template_name`` and ``name`` required; at least one member, the first is the
-        admin. The reply shape is not on record: the project [I]."""
+        """docs/worktile.md §4: ``template_name`` and ``name`` required; at least one member, the
+        first is the admin. The reply shape is not on record: the project [I]."""
         body = self._body(req)
         for key in ("template_name", "name"):
             if not body.get(key):
@@ -1112,7 +1138,8 @@ class WorktileEmulator(Emulator):
         project["ext"] = copy.deepcopy(body.get("ext") or {})
         return self._project_shape(project)
 
-    # == handlers: configuration (§6; paths [I]) ==================================================
+    # == handlers: configuration (docs/worktile.md §6; paths [I])
+    # ==================================================
     def h_all_types(self, req: Request) -> Any:
         return [self._type_ref(t) for t in self.types.values()]
 
@@ -1129,10 +1156,11 @@ class WorktileEmulator(Emulator):
     def h_priorities(self, req: Request) -> Any:
         return [dict(p) for p in self.priorities[self._require_project(req.params["id"])["_id"]]]
 
-    # == handlers: reading tasks (§7, §9) =========================================================
+    # == handlers: reading tasks (docs/worktile.md §7, §9)
+    # =========================================================
     def _listed(self, pid: str) -> list[dict[str, Any]]:
         """A project's tasks in creation order; archived ones are left out of lists [I]. No
-        filter and no sort parameter exist (§9)."""
+        filter and no sort parameter exist (docs/worktile.md §9)."""
         return [r for r in self.tasks.values() if r["project_id"] == pid and not r["is_archived"]]
 
     def _required_arg(self, req: Request, name: str) -> str:
@@ -1142,7 +1170,8 @@ class WorktileEmulator(Emulator):
         return value
 
     def _v1_fields(self, req: Request) -> list[str] | None:
-        """§7.1: V1 rows carry the properties named in ``fields``, none (or all) without it."""
+        """docs/worktile.md §7.1: V1 rows carry the properties named in ``fields``, none (or all)
+        without it."""
         fields = self._fields(req)
         if fields is None and self.config["v1_properties_without_fields"] != "all":
             return []
@@ -1164,8 +1193,9 @@ class WorktileEmulator(Emulator):
         return [self._v1(self.tasks[i], fields) for i in (record or {}).get("relation_ids", [])]
 
     def h_tasks_v2(self, req: Request) -> Any:
-        """§7.1: V2 rows wrap every property value; ``references.users`` resolves the uids the
-        page mentions. No ``total`` or ``has_more`` is on record: page until empty [I]."""
+        """docs/worktile.md §7.1: V2 rows wrap every property value; ``references.users`` resolves
+        the uids the page mentions. No ``total`` or ``has_more`` is on record: page until empty
+        [I]."""
         project = self._require_project(req.params["id"])
         index, size = self._paging(req)
         rows = self._listed(project["_id"])[index * size:(index + 1) * size]
@@ -1181,7 +1211,8 @@ class WorktileEmulator(Emulator):
                 *(props.get("participant") or [])}
 
     def h_task_detail(self, req: Request) -> Any:
-        """§7.3: ``_id`` and ``title`` plus what ``columns`` names: ``properties`` (wrapped),
+        """docs/worktile.md §7.3: ``_id`` and ``title`` plus what ``columns`` names: ``properties``
+        (wrapped),
         ``comments``, or any other field of the row."""
         record = self._require_task(req.params["id"])
         detail: dict[str, Any] = {"_id": record["_id"], "title": record["title"]}
@@ -1202,9 +1233,11 @@ class WorktileEmulator(Emulator):
         record = self._require_task(req.params["id"])
         return [self._history_shape(h) for h in self.histories[record["_id"]]]
 
-    # == handlers: task writes (§8, §10) ==========================================================
+    # == handlers: task writes (docs/worktile.md §8, §10)
+    # ==========================================================
     def h_task_create(self, req: Request) -> Any:
-        """§8: ``project_id``, ``task_type_id`` and ``title`` required; everything else in
+        """docs/worktile.md §8: ``project_id``, ``task_type_id`` and ``title`` required; everything
+        else in
         ``properties`` (the deal's context goes into ``desc``); optional ``parent_id``. The task
         starts in its type's initial state. Path, body and reply (the V1 row) are [I]."""
         body = self._body(req)
@@ -1224,7 +1257,7 @@ class WorktileEmulator(Emulator):
         return self._v1(record, None)
 
     def h_task_update(self, req: Request) -> Any:
-        """ASSUMPTION (§10): ``{"title"?, "properties"?}``, priority as
+        """ASSUMPTION (docs/worktile.md §10): ``{"title"?, "properties"?}``, priority as
         ``properties.priority = <priority _id>``. Checked whole; a refusal changes nothing."""
         record = self._require_task(req.params["id"])
         body = self._body(req)
@@ -1242,8 +1275,9 @@ class WorktileEmulator(Emulator):
         return self._v1(record, None)
 
     def h_task_state(self, req: Request) -> Any:
-        """ASSUMPTION (§10): ``{"task_state_id"}``, the body Worktile's own web client sends.
-        The state must belong to the task's type and, with ``enforce_flow``, follow a flow."""
+        """ASSUMPTION (docs/worktile.md §10): ``{"task_state_id"}``, the body Worktile's own web
+        client sends. The state must belong to the task's type and, with ``enforce_flow``, follow a
+        flow."""
         record = self._require_task(req.params["id"])
         state_id = self._body(req).get("task_state_id")
         if not state_id:
@@ -1258,8 +1292,8 @@ class WorktileEmulator(Emulator):
         return self._v1(record, None)
 
     def h_comment_create(self, req: Request) -> Any:
-        """ASSUMPTION (§10): ``{"content"}``; plain text is stored as one rich-text paragraph.
-        Read back through the detail's ``comments``. Does not move ``updated_at`` [I]."""
+        """ASSUMPTION (docs/worktile.md §10): ``{"content"}``; plain text is stored as one rich-text
+        paragraph. Read back through the detail's ``comments``. Does not move ``updated_at`` [I]."""
         record = self._require_task(req.params["id"])
         content = self._body(req).get("content")
         if not isinstance(content, str) or not content.strip():
@@ -1272,7 +1306,8 @@ class WorktileEmulator(Emulator):
         return self._comment_shape(comment)
 
     def _set_archived(self, req: Request, archived: int) -> Any:
-        """§8: archive and activate exist; the paths and the reply (the V1 row) are [I]."""
+        """docs/worktile.md §8: archive and activate exist; the paths and the reply (the V1 row) are
+        [I]."""
         record = self._require_task(req.params["id"])
         record["is_archived"] = archived
         self._touch(record, self._caller["uid"])
