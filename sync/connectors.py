@@ -117,9 +117,6 @@ class RequirementChange:
     description: str | None = None
     title: str | None = None
 
-    def is_empty(self) -> bool:
-        return not self.fields and self.description is None and self.title is None
-
 
 @dataclass(frozen=True)
 class FieldSetup:

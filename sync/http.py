@@ -70,6 +70,18 @@ class Auth:
         return []
 
 
+class SecretsInRequest(Auth):
+    """Adds no credential of its own; names a secret a request carries in its query or body (an
+    app's client secret sent to a token endpoint), so it is kept out of logs and errors. Set
+    ``value`` once the secret has been read."""
+
+    def __init__(self) -> None:
+        self.value = ""
+
+    def secret_values(self) -> list[str]:
+        return [self.value]
+
+
 class BearerToken(Auth):
     """A static token (a HubSpot private-app token, say): nothing to refresh."""
 

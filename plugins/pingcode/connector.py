@@ -27,7 +27,8 @@ from sync.connectors import (InstanceContext, NewRequirement, RateLimit, Require
                              workflow_path)
 from sync.errors import (AuthError, ConfigError, DealsyncError, ItemError, NotFound, RemoteError,
                          TransitionError)
-from sync.http import Auth, HttpClient, RefreshingToken, body_code, default_error, describe
+from sync.http import (HttpClient, RefreshingToken, SecretsInRequest, body_code, default_error,
+                       describe)
 
 log = logging.getLogger("dealsync.pingcode")
 
@@ -165,18 +166,6 @@ class Workflow:
                                              for dest in dests))
 
 
-class _Credentials(Auth):
-    """The token endpoint takes the app's credentials as query parameters
-    (docs/pingcode.md §3.1); this only tells the HTTP client which values to keep out of logs
-    and errors."""
-
-    def __init__(self) -> None:
-        self.client_secret = ""
-
-    def secret_values(self) -> list[str]:
-        return [self.client_secret]
-
-
 class PingCodeConnector(TrackerConnector):
     type_name = "pingcode"
     summary = "PingCode Agile work items or Ship ideas (Open API, enterprise token)"
@@ -209,7 +198,7 @@ class PingCodeConnector(TrackerConnector):
         base_url = self.settings.get("base_url", "https://open.pingcode.com")
         self._clock = clock
         session = session or requests.Session()
-        self._credentials = _Credentials()
+        self._credentials = SecretsInRequest()
         self._token_http = HttpClient(f"{self.name} (token)", base_url, auth=self._credentials,
                                       map_error=map_error, sleep=sleep, monotonic=monotonic,
                                       session=session)
@@ -250,7 +239,7 @@ class PingCodeConnector(TrackerConnector):
         duration (docs/pingcode.md §3.1). Returns the time to renew at: a day early, or half-way
         for short ones."""
         client_id, secret = self.ctx.secret("client_id"), self.ctx.secret("client_secret")
-        self._credentials.client_secret = secret
+        self._credentials.value = secret
         body = self._token_http.json("GET", "/v1/auth/token", params={
             "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
         now = self._clock()

@@ -39,7 +39,8 @@ from sync.connectors import (InstanceContext, NewRequirement, RateLimit, Require
                              workflow_path)
 from sync.errors import (AmbiguousWrite, AuthError, ConfigError, DealsyncError, ItemError,
                          RemoteError, TransitionError)
-from sync.http import Auth, HttpClient, RefreshingToken, default_error, describe
+from sync.http import (HttpClient, RefreshingToken, SecretsInRequest, default_error,
+                       describe)
 
 log = logging.getLogger("dealsync.worktile")
 
@@ -216,16 +217,6 @@ class TenantToken(RefreshingToken):
         return error_code(response) in AUTH_CODES
 
 
-class _Credentials(Auth):
-    """The token call carries the app's secret in its body: keep it out of logs and errors."""
-
-    def __init__(self) -> None:
-        self.client_secret = ""
-
-    def secret_values(self) -> list[str]:
-        return [self.client_secret]
-
-
 # -- what names resolve to -------------------------------------------------------------------------
 @dataclass
 class Project:
@@ -302,7 +293,7 @@ class WorktileConnector(TrackerConnector):
         base_url = str(self.settings.get("base_url", DEFAULT_BASE_URL))
         self._clock = clock
         session = session or requests.Session()
-        self._credentials = _Credentials()
+        self._credentials = SecretsInRequest()
         self._token_http = HttpClient(f"{self.name} (token)", base_url, auth=self._credentials,
                                       map_error=map_error, sleep=sleep, monotonic=monotonic,
                                       session=session)
@@ -351,7 +342,7 @@ class WorktileConnector(TrackerConnector):
         its status. Returns the time to renew at: TOKEN_EARLY_S early, or half-way for short
         tokens."""
         client_id, secret = self.ctx.secret("client_id"), self.ctx.secret("client_secret")
-        self._credentials.client_secret = secret
+        self._credentials.value = secret
         response = self._token_http.request(
             "POST", f"{API}/tenant-access-token", idempotent=True,  # asking again is harmless
             json={"client_id": client_id, "client_secret": secret})

@@ -88,9 +88,10 @@ def wanted_keys(view: View, ctx: PlanContext) -> list[str]:
     """Every distinct key that requests name and that neither a link nor this run's reads
     already resolve: each is looked up once, however many deals name it."""
     keys: dict[str, None] = {}
+    known = view.live_keys()
     for _deal, parsed, links in _requesting(view, ctx):
         for key in _new_keys(parsed, links):
-            if view.live_key(key) is None:
+            if key not in known:
                 keys[key] = None
     return list(keys)
 
@@ -112,10 +113,11 @@ def plan_links(view: View, ctx: PlanContext) -> list[Action]:
         creates += _plan_group(view, ctx, title, members)
     links: list[Action] = []
     problems: list[Action] = []
+    known = {**view.keys, **view.live_keys()}
     for deal, parsed, current in _requesting(view, ctx):
         linked_ids = {link.req_id for link in current}
         for key in _new_keys(parsed, current):
-            req = view.live_key(key) or view.keys.get(key)
+            req = known.get(key)
             if req is None:
                 problems.append(ReportProblem(
                     "missing_key", deal.id, "",

@@ -119,11 +119,11 @@ class Reader:
         if missing:
             self.pair.crm.fill_context(missing)
 
-    def fetch_deals(self, view: View, ids: Iterable[str], context: bool = True) -> None:
+    def fetch_deals(self, view: View, ids: Iterable[str]) -> None:
         ids = sorted(set(ids) - set(view.deals))
         if not ids:
             return
-        found = self.pair.crm.fetch(ids, self.properties, with_context=context)
+        found = self.pair.crm.fetch(ids, self.properties)
         for deal in found.values():
             view.keep_deal(deal, searched=False)
         for missing in set(ids) - set(found):

@@ -115,14 +115,16 @@ class View:
         return next((link for link in self.current_links()
                      if link.req_id == req_id and not link.orphaned), None)
 
-    def live_key(self, key: str) -> Requirement | None:
-        """A requirement read in this run that a live link knows by ``key``: no look-up needed."""
+    def live_keys(self) -> dict[str, Requirement]:
+        """Key -> requirement, for the requirements read in this run that a live link knows by
+        that key: these need no look-up. One pass over the links."""
+        known: dict[str, Requirement] = {}
         for link in self.links:
-            if link.req_key == key and not link.orphaned and link.req_id in self.reqs:
-                req = self.reqs[link.req_id]
-                if req.key == key and not identity_changed(link, req):
-                    return req
-        return None
+            req = self.reqs.get(link.req_id)
+            if req is not None and not link.orphaned and req.key == link.req_key \
+                    and not identity_changed(link, req):
+                known.setdefault(link.req_key, req)
+        return known
 
     # -- deals --------------------------------------------------------------------------------
     def keep_deal(self, deal: Deal, searched: bool) -> None:
