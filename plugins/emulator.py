@@ -412,6 +412,19 @@ def iso(when: datetime) -> str:
         f"{when.microsecond // 1000:03d}Z"
 
 
+def on_virtual_time(emulator: Emulator) -> dict[str, Callable[..., Any]]:
+    """``clock``, ``monotonic`` and ``sleep`` for a connector that runs on the emulator's
+    virtual clock: every wait moves that clock instead of sleeping (tests, benchmarks)."""
+
+    def now() -> float:
+        return emulator.clock.now().timestamp()
+
+    def sleep(seconds: float) -> None:
+        emulator.clock.advance(seconds * 1000)
+
+    return {"clock": now, "monotonic": now, "sleep": sleep}
+
+
 def serve_main(factory: Callable[[], Emulator], argv: list[str] | None = None) -> None:
     """``python -m plugins.<vendor>.emulator --port N``: serve until interrupted."""
     import argparse

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from plugins.emulator import on_virtual_time
 from sync.connectors import InstanceContext
 
 from .connector import HubSpotConnector
@@ -21,9 +22,4 @@ def emulator_connector(emu: HubSpotEmulator, name: str = "hubspot", *,
                           lambda _secret: PRIVATE_TOKEN)
     if not virtual_time:
         return HubSpotConnector(ctx)
-
-    def now() -> float:
-        return emu.clock.now().timestamp()
-
-    return HubSpotConnector(ctx, sleep=lambda s: emu.clock.advance(s * 1000), monotonic=now,
-                            clock=now)
+    return HubSpotConnector(ctx, **on_virtual_time(emu))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from plugins.emulator import on_virtual_time
 from sync.connectors import InstanceContext
 
 from .connector import PingCodeConnector
@@ -28,11 +29,4 @@ def emulator_connector(emu: PingCodeEmulator, name: str = "pingcode", *,
     ctx = InstanceContext(name, settings, secrets.__getitem__)
     if not virtual_time:
         return PingCodeConnector(ctx)
-
-    def now() -> float:
-        return emu.clock.now().timestamp()
-
-    def sleep(seconds: float) -> None:
-        emu.clock.advance(seconds * 1000)
-
-    return PingCodeConnector(ctx, clock=now, monotonic=now, sleep=sleep)
+    return PingCodeConnector(ctx, **on_virtual_time(emu))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from plugins.emulator import on_virtual_time
 from sync.connectors import InstanceContext
 
 from .connector import FieldPlan, SalesforceConnector
@@ -32,12 +33,7 @@ def emulator_connector(emu: SalesforceEmulator, name: str = "salesforce", *,
     ctx = InstanceContext(name, settings, values.__getitem__)
     if not virtual_time:
         return SalesforceConnector(ctx)
-
-    def now() -> float:
-        return emu.clock.now().timestamp()
-
-    return SalesforceConnector(ctx, sleep=lambda s: emu.clock.advance(s * 1000), monotonic=now,
-                               clock=now)
+    return SalesforceConnector(ctx, **on_virtual_time(emu))
 
 
 def create_fields(emu: SalesforceEmulator, plans: list[FieldPlan]) -> None:
