@@ -1,4 +1,4 @@
-"""A soak run: `dealsync run --every 10s` for a long time against both emulators, with random
+"""A soak run: `dealsync run --every 5s` for a long time against both emulators, with random
 edits on both sides and random faults, then checks that nothing went wrong.
 
 It reports the scheduler process's resident memory at the start and the end (it must stay
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--every", default="5s", help="the schedule (default: 5s)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         soak = Soak(Path(tmp), args.seed)
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             assert soak.dealsync("check", "--fix").returncode == 0
             soak.add_deals(20)
             job = subprocess.Popen([sys.executable, "-m", "sync.cli", "-c", str(soak.config),
-                                    "run", "--every", "10s"], env=soak.env,
+                                    "run", "--every", args.every], env=soak.env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(15)
             rss = [rss_mib(job.pid)]
