@@ -59,6 +59,11 @@ class Deal:
     close_date: str | None = None  # ISO date
     owner: str | None = None
     is_open: bool = True
+    #: Set when the CRM answers this deal's id with another record: the deal was merged into
+    #: the deal with this id (HubSpot, docs/hubspot.md §15). Such a Deal is a tombstone: its
+    #: ``fields`` are all empty, it must never give values to a link nor be written to, and
+    #: the engine orphans its links instead.
+    merged_into: str | None = None
 
     def __post_init__(self) -> None:
         self.updated_at = utc(self.updated_at)
@@ -206,10 +211,19 @@ class Connector:
     default_rate_limits: ClassVar[dict[str, RateLimit]] = {}
     #: how many records one batch write can carry (1 when the API has no batch write).
     batch_size: ClassVar[int] = 1
+    #: True when this connector may be called from a thread of its own while the pair's other
+    #: connector works on the main thread (one call at a time per connector still): dealsync
+    #: then reads and writes both services at once (docs/engine.md §9). Leave it False unless
+    #: the connector keeps no state shared with the other side.
+    concurrent: ClassVar[bool] = False
     #: settings keys this connector accepts, with a description each (used for config validation).
     settings_help: ClassVar[dict[str, str]] = {}
     #: settings keys that must be present.
     required_settings: ClassVar[tuple[str, ...]] = ()
+    #: the settings ``dealsync init`` asks for, in order, each with the vendor's default (None:
+    #: none). Whatever ``check_settings`` reports missing is asked for as well, so a connector
+    #: that declares nothing here still gets its required settings asked for.
+    setup_settings: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, ctx: InstanceContext):
         self.ctx = ctx

@@ -25,8 +25,8 @@ import requests
 import tenacity
 
 from .connectors import RateLimit
-from .errors import (AmbiguousWrite, AuthError, DealsyncError, ItemError, NotFound,
-                     RateLimitExhausted, RemoteError)
+from .errors import (AmbiguousWrite, AuthError, ConfigError, DealsyncError, ItemError,
+                     NotFound, RateLimitExhausted, RemoteError)
 
 log = logging.getLogger("dealsync.http")
 
@@ -280,9 +280,18 @@ class _Window:
 
     def wait(self, now: float) -> float:
         """Seconds until this window has room (0 if it has room now)."""
-        # one expression for "expires" in both tests, so rounding cannot make a slot count as
-        # gone in one and present in the other
-        self.slots = [s for s in self.slots if s.at + self.per_seconds > now]
+        # one expression for "expires" in every test, so rounding cannot make a slot count as
+        # gone in one and present in another. Answers mostly come back in the order sent, so
+        # the expired slots are dropped from the front; a slot answered out of order may stay
+        # behind a live one, which only over-counts, so the exact filter runs when full.
+        slots, per = self.slots, self.per_seconds
+        expired = 0
+        while expired < len(slots) and not slots[expired].at + per > now:
+            expired += 1
+        del slots[:expired]
+        if len(slots) < self.calls:
+            return 0.0
+        self.slots = [s for s in slots if s.at + per > now]
         if len(self.slots) < self.calls:
             return 0.0
         return min(s.at + self.per_seconds for s in self.slots) - now
@@ -334,6 +343,25 @@ def local_limiter(instance: str, limits: dict[str, RateLimit], sleep: Callable[[
 #: in one that keeps the windows in the state store (``sync.state.limiter``).
 limiter_factory: Callable[..., Any] = local_limiter
 
+#: Told ``(instance, seconds, reason)`` before a client sleeps for a rate limit: its own
+#: limiter's (reason "limit") or a 429's Retry-After or backoff ("429"). The progress display
+#: subscribes (``sync.progress``); this module shows nothing itself.
+_wait_listeners: list[Callable[[str, float, str], None]] = []
+
+
+def subscribe_waits(listener: Callable[[str, float, str], None]) -> Callable[[], None]:
+    """Call ``listener`` before every rate-limit wait; returns the way to unsubscribe."""
+    _wait_listeners.append(listener)
+    return lambda: _wait_listeners.remove(listener) if listener in _wait_listeners else None
+
+
+def _announce_wait(instance: str, seconds: float, reason: str) -> None:
+    for listener in list(_wait_listeners):
+        try:
+            listener(instance, seconds, reason)
+        except Exception as exc:  # a display must never stop a request
+            log.debug("rate-limit wait listener failed: %s", exc)
+
 
 # --- the client ---------------------------------------------------------------------------------
 
@@ -361,6 +389,21 @@ class _Call:
     attempts: int = 0  # across the 401 replay too, so log lines stay distinguishable
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def only_https(instance: str, base_url: str) -> str:
+    """``base_url``, unless it is plain HTTP to another machine: credentials and deal data
+    would cross the network unencrypted. Plain HTTP is for emulators on this machine."""
+    parts = urlsplit(base_url)
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK:
+        raise ConfigError([f"{instance}: base_url {base_url} is plain HTTP: its token and "
+                           "deal data would cross the network unencrypted"],
+                          f"use https://{base_url[len('http://'):]} (plain HTTP is accepted "
+                          "only for an emulator on this machine)")
+    return base_url
+
+
 class HttpClient:
     """HTTP for one connector instance."""
 
@@ -375,7 +418,7 @@ class HttpClient:
                  monotonic: Callable[[], float] = time.monotonic,
                  session: requests.Session | None = None):
         self.instance = instance
-        self.base_url = base_url
+        self.base_url = only_https(instance, base_url)
         self.auth = auth or Auth()
         self.timeout = timeout
         self.max_attempts = max_attempts
@@ -386,7 +429,8 @@ class HttpClient:
         self._redact = [value for value in redact if value]
         self._sleep = sleep
         self._monotonic = monotonic
-        self._limiter = limiter_factory(instance, rate_limits or {}, sleep, monotonic)
+        self._limiter = limiter_factory(instance, rate_limits or {}, self._wait_for_limit,
+                                        monotonic)
         self._session = session or requests.Session()
         self._calls_lock = threading.Lock()
 
@@ -440,6 +484,11 @@ class HttpClient:
 
     def close(self) -> None:
         self._session.close()
+
+    def _wait_for_limit(self, seconds: float) -> None:
+        """The limiter's sleep, announced first (``subscribe_waits``)."""
+        _announce_wait(self.instance, seconds, "limit")
+        self._sleep(seconds)
 
     # internals
 
@@ -553,6 +602,8 @@ class HttpClient:
                            status=response.status_code, code=body_code(response))
 
     def _log_attempt(self, call: _Call, outcome: int | str, started: float) -> None:
+        if not log.isEnabledFor(logging.DEBUG):  # the URL is redacted only for a line shown
+            return
         elapsed_ms = (self._monotonic() - started) * 1000
         log.debug("%s: %s -> %s in %.0f ms (attempt %d)", self.instance, self._where(call), outcome,
                   elapsed_ms, call.attempts)
@@ -560,6 +611,8 @@ class HttpClient:
     def _log_retry(self, call: _Call, state: tenacity.RetryCallState) -> None:
         failure = state.outcome.exception()
         throttled = failure.response is not None and failure.response.status_code == 429
+        if throttled:
+            _announce_wait(self.instance, state.next_action.sleep, "429")
         log.log(logging.INFO if throttled else logging.WARNING,
                 "%s: %s failed (%s); retrying in %.1f s (attempt %d of %d)", self.instance,
                 self._where(call), self._clean(failure.summary), state.next_action.sleep,

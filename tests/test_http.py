@@ -652,3 +652,18 @@ def test_close_closes_the_session(clock):
     session.close = lambda: closed.append(True)
     make_client(clock, session=session).close()
     assert closed == [True]
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com", "http://10.0.0.5:8080/open"])
+def test_plain_http_to_another_machine_is_refused(url):
+    from sync.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        HttpClient("rd", url)
+    assert "rd: base_url" in str(caught.value) and "unencrypted" in str(caught.value)
+    assert caught.value.hint.startswith("use https://")
+
+
+@pytest.mark.parametrize("url", ["https://api.example.com", "http://127.0.0.1:8081",
+                                 "http://localhost:9000", "http://[::1]:8080"])
+def test_https_and_emulators_on_this_machine_are_accepted(url):
+    assert HttpClient("rd", url).base_url == url

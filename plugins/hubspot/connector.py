@@ -38,6 +38,9 @@ TIER_BURST = {"free": 100, "starter": 100, "professional": 190, "enterprise": 19
 # What the deal context needs besides the mapped properties (docs/hubspot.md §4).
 CONTEXT_PROPERTIES = ("dealname", "amount", "dealstage", "pipeline", "closedate",
                       "hubspot_owner_id", "deal_currency_code", "hs_lastmodifieddate")
+# The ids merged into a deal, semicolon-separated: how a read tells which merged-away id a
+# record answers for (docs/hubspot.md §15).
+MERGED_IDS = "hs_merged_object_ids"
 PRIMARY_COMPANY = 5  # deal -> company "Primary" association type (docs/hubspot.md §10)
 NOTE_TO_DEAL = 214  # note -> deal association type (docs/hubspot.md §10)
 OAUTH_EARLY_S = 600.0  # tap-hubspot renews 600 s before expiry (docs/hubspot.md §3)
@@ -66,6 +69,14 @@ def body_of(response: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def merged_ids(record: dict[str, Any]) -> list[str]:
+    """The ids merged into this record (``hs_merged_object_ids``, docs/hubspot.md §15), never
+    its own."""
+    text = str((record.get("properties") or {}).get(MERGED_IDS) or "")
+    own = str(record.get("id"))
+    return [i for i in dict.fromkeys(part.strip() for part in text.split(";")) if i and i != own]
 
 
 def error_ids(entry: dict[str, Any]) -> list[str]:
@@ -117,7 +128,9 @@ class HubSpotConnector(CRMConnector):
     )
     default_rate_limits = {"default": RateLimit(100, 10), "search": RateLimit(5, 1)}
     batch_size = BATCH_LIMIT
+    concurrent = True  # its own HTTP client and state (docs/engine.md §9)
     deferred_context = ("company",)  # association and company reads: two calls per 100 deals
+    setup_settings = {"base_url": DEFAULT_BASE_URL, "portal_id": None}  # `dealsync init`
     settings_help = {
         "base_url": f"API base URL (default {DEFAULT_BASE_URL})",
         "app_url": f"web app URL for deal links (default {DEFAULT_APP_URL}; EU: "
@@ -331,8 +344,11 @@ class HubSpotConnector(CRMConnector):
         paging over a live result set skips a record whenever a deal earlier in the order is
         edited mid-read and leaves the window, and a skipped deal older than the lookback would
         never be read. ``"offset"`` follows ``paging.next.after`` as docs/hubspot.md §13
-        describes."""
-        wanted = list(dict.fromkeys([*properties, *CONTEXT_PROPERTIES]))
+        describes.
+
+        A deal that others were merged into also yields a tombstone for each of them
+        (``Deal.merged_into``, docs/hubspot.md §15): search no longer finds those ids."""
+        wanted = list(dict.fromkeys([*properties, *CONTEXT_PROPERTIES, MERGED_IDS]))
         until_ms = to_ms(until)
         since_ms = to_ms(since) if since is not None else None
         floor, after = 0, 0
@@ -341,7 +357,10 @@ class HubSpotConnector(CRMConnector):
                                   json=self._search_body(since_ms, until_ms, floor, after, wanted),
                                   buckets=("search", "default"), idempotent=True)
             results = page.get("results") or []
-            yield from self._deals(results, properties, with_context)
+            for record, deal in zip(results, self._deals(results, properties, with_context)):
+                yield deal
+                yield from (_tombstone(old, deal.id, deal.updated_at, properties)
+                            for old in merged_ids(record))
             next_after = ((page.get("paging") or {}).get("next") or {}).get("after")
             if not results or next_after is None:
                 return
@@ -368,8 +387,12 @@ class HubSpotConnector(CRMConnector):
               with_context: bool = True) -> dict[str, Deal]:
         """Batch read, 100 per call (docs/hubspot.md §8). An id is left out only when HubSpot named
         it not found; anything else it failed to return raises. Without context, the company
-        association reads are skipped (half the calls)."""
-        wanted = list(dict.fromkeys([*properties, *CONTEXT_PROPERTIES]))
+        association reads are skipped (half the calls).
+
+        HubSpot answers a merged-away id with the deal it was merged into, under that deal's
+        id (docs/hubspot.md §15). Such an id maps to a tombstone (``Deal.merged_into``), never
+        to the other deal's values; the other deal is not added unless it was asked for."""
+        wanted = list(dict.fromkeys([*properties, *CONTEXT_PROPERTIES, MERGED_IDS]))
         unique = list(dict.fromkeys(str(i) for i in ids))
         found: dict[str, Deal] = {}
         for start in range(0, len(unique), BATCH_LIMIT):
@@ -384,13 +407,38 @@ class HubSpotConnector(CRMConnector):
                     raise RemoteError(f"{self.name}: HubSpot batch read failed for some deals: "
                                       f"{entry.get('category')}: {entry.get('message')}")
                 not_found.update(error_ids(entry))
-            unanswered = set(chunk) - {str(r["id"]) for r in results} - not_found
+            asked, answered = set(chunk), {str(r["id"]) for r in results}
+            merged = {old: r for r in results for old in merged_ids(r)
+                      if old in asked and old not in answered}
+            unanswered = asked - answered - not_found - set(merged)
+            if unanswered and answered - asked:
+                # a record nobody asked for that does not say whom it stands for: ask by id
+                for deal_id in sorted(unanswered):
+                    record = self._read_one(deal_id, wanted)
+                    if record is None:
+                        not_found.add(deal_id)
+                    elif str(record["id"]) != deal_id:
+                        merged[deal_id] = record
+                    else:
+                        results.append(record)
+                unanswered = set()
             if unanswered:
                 raise RemoteError(f"{self.name}: HubSpot batch read returned neither these deals "
                                   f"nor a not-found for them: {sorted(unanswered)}")
-            found.update((deal.id, deal) for deal in
-                         self._deals(results, properties, with_context))
+            own = [r for r in results if str(r["id"]) in asked]
+            found.update((deal.id, deal) for deal in self._deals(own, properties, with_context))
+            for old, record in merged.items():
+                log.info("%s: deal %s was merged into deal %s", self.name, old, record["id"])
+                found[old] = _tombstone(old, str(record["id"]), _modified(record), properties)
         return found
+
+    def _read_one(self, deal_id: str, wanted: list[str]) -> dict[str, Any] | None:
+        """``GET .../deals/{id}``: the record this id answers for, None if HubSpot says none."""
+        try:
+            return self.http.json("GET", f"{self.prefix}/objects/deals/{deal_id}",
+                                  params={"properties": ",".join(wanted)})
+        except NotFound:
+            return None
 
     def _deals(self, records: list[dict[str, Any]], properties: list[str],
                with_context: bool = True) -> list[Deal]:
@@ -404,8 +452,7 @@ class HubSpotConnector(CRMConnector):
         stage_label, is_open = self._stage(props.get("dealstage"))
         return Deal(
             id=deal_id,
-            updated_at=parse_time(props.get("hs_lastmodifieddate")) or
-            parse_time(record.get("updatedAt")) or datetime.now(timezone.utc),
+            updated_at=_modified(record),
             fields={name: props.get(name) if props.get(name) != "" else None
                     for name in properties},
             name=props.get("dealname") or "",
@@ -618,6 +665,12 @@ class HubSpotConnector(CRMConnector):
                 outcome[index] = WriteResult(deal_id, record=record, updated_at=parse_time(
                     (record.get("properties") or {}).get("hs_lastmodifieddate")
                     or record.get("updatedAt")))
+            elif set(written) - {deal_id for _, (deal_id, _) in pending}:
+                # another deal answered: this id was merged away (docs/hubspot.md §15); the
+                # retry reads it by id first, which orphans its links
+                outcome[index] = WriteResult(deal_id, error=ItemError(
+                    f"{self.name}: HubSpot answered the update of deal {deal_id} with another "
+                    f"deal; it was probably merged into it"))
             else:
                 outcome[index] = WriteResult(deal_id, error=ItemError(
                     f"{self.name}: HubSpot's batch update answered neither success nor an error "
@@ -754,6 +807,19 @@ class HubSpotConnector(CRMConnector):
         # second one: this create is safe to treat as idempotent.
         self.http.request("POST", f"{self.prefix}/properties/deals", json=spec, idempotent=True,
                           ok=(200, 201, 409))
+
+
+def _tombstone(deal_id: str, into: str, updated_at: datetime, properties: list[str]) -> Deal:
+    """What a deal id merged into deal ``into`` reads as: no values of its own, only where it
+    went (``Deal.merged_into``), so nothing of ``into`` is taken for it (docs/hubspot.md §15)."""
+    return Deal(id=deal_id, updated_at=updated_at, fields=dict.fromkeys(properties),
+                merged_into=into)
+
+
+def _modified(record: dict[str, Any]) -> datetime:
+    props = record.get("properties") or {}
+    return (parse_time(props.get("hs_lastmodifieddate")) or parse_time(record.get("updatedAt"))
+            or datetime.now(timezone.utc))
 
 
 def _wire(values: dict[str, str | None]) -> dict[str, str]:

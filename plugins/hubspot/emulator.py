@@ -57,7 +57,10 @@ SEARCH_PATH = re.compile(DEALS + r"/search")
 DEFAULT_DEAL_PROPERTIES = ("dealname", "amount", "closedate", "pipeline", "dealstage",
                            "createdate", "hs_lastmodifieddate", "hs_object_id")
 ALWAYS_RETURNED = ("hs_object_id", "createdate", "hs_lastmodifieddate")
-READ_ONLY_DEAL_PROPERTIES = ("hs_object_id", "hs_lastmodifieddate", "createdate")
+READ_ONLY_DEAL_PROPERTIES = ("hs_object_id", "hs_lastmodifieddate", "createdate",
+                             "hs_merged_object_ids")
+# The ids merged into a record, semicolon-separated (docs/hubspot.md §15).
+MERGED_IDS = "hs_merged_object_ids"
 
 # type -> allowed fieldTypes (docs/hubspot.md §9).
 FIELD_TYPES = {
@@ -119,6 +122,9 @@ def default_config() -> dict[str, Any]:
         # 207 | 400_all (a 400 naming the failing ids) | 400_opaque (a 400 naming none)
         "batch_partial_mode": "207",
         "touch_on_noop": True,
+        # merges (docs/hubspot.md §15): False keeps the primary's id for the merged record; True
+        # makes a new record with a new id that both old ids answer for [I]
+        "merge_new_id": False,
         "note_body_max": 65536,
         # search (docs/hubspot.md §7, §14.4)
         "search_max_limit": 200,
@@ -201,6 +207,8 @@ class DealRecord:
     versions: list[Version]
     company_ids: list[str] = field(default_factory=list)
     note_ids: list[str] = field(default_factory=list)
+    #: the record this id now answers for, once merged away (docs/hubspot.md §15)
+    merged_into: str | None = None
 
     @property
     def current(self) -> Version:
@@ -286,6 +294,7 @@ class HubSpotEmulator(Emulator):
             ("createdate", "Create Date", "datetime", "date", None),
             ("hs_lastmodifieddate", "Last Modified Date", "datetime", "datetime", None),
             ("hs_object_id", "Record ID", "number", "number", None),
+            (MERGED_IDS, "Merged record IDs", "string", "text", None),
         ]
         for order, (name, label, ptype, field_type, options) in enumerate(builtin):
             definition = self._definition(
@@ -471,6 +480,57 @@ class HubSpotEmulator(Emulator):
                     archived.append(record.id)
             return archived
 
+    def merge_deals(self, primary_id: str, merged_id: str) -> dict[str, Any]:
+        """Merge deal ``merged_id`` into ``primary_id`` as ``POST .../merge`` does
+        (docs/hubspot.md §15); return the merged record as that call answers it.
+
+        The primary keeps its property values; the merged deal's companies and notes move to
+        it; ``hs_merged_object_ids`` lists the ids merged in. The merged-away id still answers
+        GET, batch read and writes with the merged record, and search no longer finds it. With
+        ``merge_new_id`` the merged record is a new deal with a new id, and both old ids answer
+        with it."""
+        with self.lock:
+            primary, merged = self._live_deal(str(primary_id)), self._live_deal(str(merged_id))
+            if primary is None or merged is None:
+                raise KeyError(str(primary_id) if primary is None else str(merged_id))
+            if primary.id == merged.id:
+                raise ValueError("a deal cannot be merged into itself")
+            absorbed = [primary.id] if self.config["merge_new_id"] else []
+            absorbed += [*_id_list(primary), merged.id, *_id_list(merged)]
+            if self.config["merge_new_id"]:
+                now = self.now_ms()
+                props = {k: v for k, v in primary.current.props.items()
+                         if k not in READ_ONLY_DEAL_PROPERTIES}
+                target = self._create_deal({**props, MERGED_IDS: ";".join(absorbed)},
+                                           at_ms=now, written_ms=now, source="merge")
+                away = [primary, merged]
+            else:
+                self._write(primary, {MERGED_IDS: ";".join(absorbed)}, source="merge")
+                target, away = primary, [merged]
+            for record in away:
+                self._absorb(target, record)
+            self.writes += 1
+            return self._render(target, target.current, None)
+
+    def _absorb(self, target: DealRecord, record: DealRecord) -> None:
+        """``record`` merged into ``target``: its associations move, its id answers for
+        ``target`` from now on, and search stops finding it."""
+        for company_id in record.company_ids:
+            company = self.companies[company_id]
+            company.deal_ids = [d for d in company.deal_ids if d != record.id]
+            if company_id not in target.company_ids:
+                target.company_ids.append(company_id)
+                company.deal_ids.append(target.id)
+        for note_id in record.note_ids:
+            note = self.notes[note_id]
+            note.deal_ids = list(dict.fromkeys(target.id if d == record.id else d
+                                               for d in note.deal_ids))
+            if note_id not in target.note_ids:
+                target.note_ids.append(note_id)
+        record.company_ids, record.note_ids = [], []
+        record.merged_into = target.id
+        self._write(record, {}, source="merge", force=True, archived=True)
+
     def history(self, deal_id: str) -> list[dict[str, Any]]:
         """Every version of a deal: when, by what, which properties changed."""
         with self.lock:
@@ -557,6 +617,19 @@ class HubSpotEmulator(Emulator):
 
     def _live_deal(self, deal_id: str) -> DealRecord | None:
         record = self.deals.get(deal_id)
+        return None if record is None or record.current.archived else record
+
+    def _resolve(self, deal_id: str) -> DealRecord | None:
+        """The record an id answers for: itself, or the deal it was merged into (§15)."""
+        record = self.deals.get(deal_id)
+        for _ in range(len(self.deals)):
+            if record is None or record.merged_into is None:
+                break
+            record = self.deals.get(record.merged_into)
+        return record
+
+    def _resolve_live(self, deal_id: str) -> DealRecord | None:
+        record = self._resolve(deal_id)
         return None if record is None or record.current.archived else record
 
     def _catch_up_clock(self, ms: int) -> None:
@@ -843,6 +916,9 @@ class HubSpotEmulator(Emulator):
         api("POST", DEALS + r"/search", self._search, SCOPE_DEALS_READ)
         api("POST", DEALS + r"/batch/read", self._batch_read, SCOPE_DEALS_READ)
         api("POST", DEALS + r"/batch/update", self._batch_update, SCOPE_DEALS_WRITE)
+        # docs/hubspot.md §15: the reference shows /crm/v3/objects/0-3/merge
+        api("POST", DEALS + r"/merge", self._merge_route, SCOPE_DEALS_WRITE)
+        api("POST", r"/crm/v3/objects/0-3/merge", self._merge_route, SCOPE_DEALS_WRITE)
         api("GET", DEALS + r"/(?P<id>[^/]+)", self._get_deal, SCOPE_DEALS_READ)
         api("PATCH", DEALS + r"/(?P<id>[^/]+)", self._patch_deal, SCOPE_DEALS_WRITE)
         api("DELETE", DEALS + r"/(?P<id>[^/]+)", self._delete_deal, SCOPE_DEALS_WRITE)
@@ -1027,7 +1103,7 @@ class HubSpotEmulator(Emulator):
         while position < len(self._order):
             record = self.deals[str(self._order[position])]
             position += 1
-            if record.current.archived != archived:
+            if record.current.archived != archived or record.merged_into is not None:
                 continue
             if len(results) == limit:
                 more = True
@@ -1053,7 +1129,7 @@ class HubSpotEmulator(Emulator):
         id_property = req.arg("idProperty")
         if id_property and id_property != "hs_object_id":
             return self._by_property(id_property, req.params["id"])
-        return self.deals.get(req.params["id"])
+        return self._resolve(req.params["id"])
 
     def _by_property(self, name: str, value: str) -> DealRecord | None:
         for record in self.deals.values():
@@ -1088,6 +1164,20 @@ class HubSpotEmulator(Emulator):
             companies.append(target)
         return companies
 
+    def _merge_route(self, req: Request) -> Any:
+        body = req.json() or {}
+        ids = [body.get("primaryObjectId") if isinstance(body, dict) else None,
+               body.get("objectIdToMerge") if isinstance(body, dict) else None]
+        if not all(isinstance(i, (str, int)) and str(i).strip() for i in ids):
+            raise self._bad_request("primaryObjectId and objectIdToMerge are required")
+        primary, merged = (str(i).strip() for i in ids)
+        if primary == merged:
+            raise self._bad_request(f"cannot merge object {primary} into itself")
+        try:
+            return self.merge_deals(primary, merged)
+        except KeyError as exc:
+            raise self._deal_not_found(exc.args[0]) from None
+
     def _patch_deal(self, req: Request) -> Any:
         record = self._find_deal(req)
         if record is None or record.current.archived:
@@ -1112,16 +1202,17 @@ class HubSpotEmulator(Emulator):
         inputs = self._inputs(body)
         names = body.get("properties") or None
         id_property = body.get("idProperty")
-        results, missing = [], []
+        results, missing, answered = [], [], set()
         for item in inputs:
             key = str(item.get("id", ""))
             if id_property and id_property != "hs_object_id":
                 record = self._by_property(id_property, key)
             else:
-                record = self._live_deal(key)
+                record = self._resolve_live(key)  # a merged-away id answers with its deal
             if record is None:
                 missing.append(key)
-            else:
+            elif record.id not in answered:  # [I] one result per record
+                answered.add(record.id)
                 results.append(self._render(record, record.current, names))
         errors = []
         if missing:
@@ -1143,7 +1234,7 @@ class HubSpotEmulator(Emulator):
         invalid: list[tuple[str, list[dict[str, Any]]]] = []
         missing: list[str] = []
         for deal_id, item in zip(ids, inputs):
-            record = self._live_deal(deal_id)
+            record = self._resolve_live(deal_id)  # [I] a merged-away id writes to its deal
             if record is None:
                 missing.append(deal_id)
                 continue
@@ -1743,6 +1834,11 @@ class HubSpotEmulator(Emulator):
 def _sub_error(code: str, name: str, message: str) -> dict[str, Any]:
     """One entry of ``errors[]`` in HubSpot's error shape (docs/hubspot.md §12)."""
     return {"message": message, "code": code, "in": name, "context": {"propertyName": [name]}}
+
+
+def _id_list(record: DealRecord) -> list[str]:
+    """The ids already merged into a record (``hs_merged_object_ids``, docs/hubspot.md §15)."""
+    return [i for i in (record.current.props.get(MERGED_IDS) or "").split(";") if i]
 
 
 def _only(body: dict[str, Any], *keys: str) -> dict[str, Any]:

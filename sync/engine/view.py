@@ -23,6 +23,10 @@ from ..state import Base, Link
 IDENTITY_CHANGED = "identity changed: "
 MOVED_OUT = "moved out: "
 NOT_OURS = (IDENTITY_CHANGED, MOVED_OUT)
+#: The CRM answers the link's deal id with another deal: it was merged into that one (HubSpot,
+#: docs/hubspot.md §15). The requirement is still the pair's and keeps showing the deal as last
+#: seen; the deal gives no values and gets no writes (``docs/engine.md``, "Identity").
+MERGED_INTO = "merged into deal "
 
 
 def norm(value: str | None) -> str | None:
@@ -108,12 +112,18 @@ class View:
 
     def shared_requirement(self, title: str) -> Link | None:
         """A live link to the requirement created earlier for requests with this normalised
-        title, or None (never created, or every link to it is orphaned)."""
+        title, else one orphaned only because its deal was merged away, or None (never
+        created, or every link to it is otherwise orphaned)."""
         req_id = self.shared.get(title)
         if req_id is None:
             return None
-        return next((link for link in self.current_links()
-                     if link.req_id == req_id and not link.orphaned), None)
+        links = [link for link in self.current_links() if link.req_id == req_id]
+        live = next((link for link in links if not link.orphaned), None)
+        if live is not None or ("tracker", req_id) in self.gone:
+            return live
+        # deals merged away still vouch for it: the deal they became must join, not create
+        return next((link for link in links
+                     if (link.orphaned or "").startswith(MERGED_INTO)), None)
 
     def live_keys(self) -> dict[str, Requirement]:
         """Key -> requirement, for the requirements read in this run that a live link knows by
@@ -128,11 +138,24 @@ class View:
 
     # -- deals --------------------------------------------------------------------------------
     def keep_deal(self, deal: Deal, searched: bool) -> None:
+        if deal.merged_into is not None:
+            self.merged_away(deal)
+            return
         previous = self.deals.get(deal.id)
         if previous is None or deal.updated_at >= previous.updated_at:
             self.deals[deal.id] = deal
             if searched:
                 self.searched_deals.add(deal.id)
+
+    def merged_away(self, deal: Deal) -> None:
+        """The CRM answered this deal's id with another deal (``Deal.merged_into``): its links
+        are orphaned, and nothing of the other deal is taken for it or written to it."""
+        into = deal.merged_into
+        self.deals.pop(deal.id, None)
+        self.searched_deals.discard(deal.id)
+        self.gone[("crm", deal.id)] = (
+            f"{MERGED_INTO}{into} in the CRM (deal {deal.id} now answers as deal {into}); deal "
+            f"{into} is linked by its own request: name this requirement there to keep it")
 
     def keep_req(self, req: Requirement, searched: bool) -> None:
         previous = self.reqs.get(req.id)
