@@ -2,7 +2,8 @@
 
 Every value table must cover the tracker's live states and priorities, every CRM value must be
 an option of its deal property, and the deal properties dealsync reads and writes must exist
-(``--fix`` creates them where the CRM allows it, and prints the steps for a person where it does
+(those the mapping's custom context columns show included, each named with its column;
+``--fix`` creates them where the CRM allows it, and prints the steps for a person where it does
 not: ``CRMConnector.field_setup_steps``).
 """
 
@@ -35,10 +36,12 @@ def check_pair(pair_config: PairConfig, built: Pair, fix: bool,
             echo(f"{pair_config.name}: CRM field {setup.name} must be {setup.what}; by hand:")
             for number, step in enumerate(setup.steps, 1):
                 echo(f"  {number}. {step}")
-    problems = [f"{pair_config.name}: CRM property {name!r} does not exist; it must be "
-                f"{setups[name].what} (dealsync check --fix prints the steps)" if name in setups
-                else f"{pair_config.name}: CRM property {name!r} does not exist (dealsync check "
-                "--fix creates it)" for name in missing]
+    shown_in = context_columns_of(mapping)
+    problems = [f"{pair_config.name}: CRM property {name!r}{shown_in.get(name, '')} does not "
+                f"exist; it must be {setups[name].what} (dealsync check --fix prints the steps)"
+                if name in setups else f"{pair_config.name}: CRM property {name!r}"
+                f"{shown_in.get(name, '')} does not exist (dealsync check --fix creates it)"
+                for name in missing]
     if mapping.note_fields and type(built.crm).add_note is CRMConnector.add_note:
         problems.append(f"{pair_config.name}: {mapping.source}: notes.fields: the "
                         f"{built.crm.type_name} connector cannot write deal notes")
@@ -48,6 +51,16 @@ def check_pair(pair_config: PairConfig, built: Pair, fix: bool,
     if not problems:
         echo(f"{pair_config.name}: ok ({mapping.source})")
     return problems
+
+
+def context_columns_of(mapping: Mapping) -> dict[str, str]:
+    """Deal property -> " (shown in context column X)", for the properties custom context
+    columns read (mapping ``[context.properties]``), so a missing one names its column."""
+    columns: dict[str, list[str]] = {}
+    for column, name in mapping.context_properties.items():
+        columns.setdefault(name, []).append(column)
+    return {name: f" (shown in context column {', '.join(found)})"
+            for name, found in columns.items()}
 
 
 def field_specs(mapping: Mapping) -> dict[str, list[str] | None]:

@@ -2,8 +2,9 @@
 
 One error funnel: every ``DealsyncError`` raised by a command is printed as what went wrong and
 what to do, and the process exits with the error's code (listed in ``dealsync --help``). Logs go
-to stderr; ``--json`` puts exactly one JSON document on stdout. Progress is shown only on a
-terminal and never under ``--json``.
+to stderr (as text, or JSON Lines under ``--log-format json``); ``--json`` puts exactly one JSON
+document on stdout. Progress goes to stderr too: a live display on a terminal, log lines
+otherwise (``sync/progress.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import signal
 import sqlite3
 import sys
+import textwrap
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -28,12 +30,15 @@ from .config import Config, PairConfig, config_path, load_config
 from .engine import Options, run_pair
 from .errors import ConfigError, DealsyncError, PluginError
 from .manager import call_strict, describe_plugins, notify
-from .progress import end_progress, progress_printer
+from .progress import (EVERY_ENV, LOG_FORMATS, Every, end_progress, json_logs, parse_every,
+                       progress_printer, setup_logging, start_progress)
 from .report import format_report, pipeline_report
 from .report_html import render_html
 from .secrets import delete_secret, keyring_usable, no_keyring, secret_source, set_secret
-from .state import StateStore, describe_target, is_postgres_url, open_store, store_errors
-from .workers import Supervisor, work, worker_command
+from .state import (StateStore, describe_target, is_postgres_url, open_store, parse_ts,
+                    store_errors)
+from .words import conflict_words, counted, listing, manual_update, plural, shown
+from .workers import Supervisor, next_run, work, worker_command
 
 log = logging.getLogger("dealsync")
 
@@ -53,8 +58,8 @@ class FunnelGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("\ninterrupted: what was already written stays written, and the state "
-                       "store records it; the next run does the rest", err=True)
+            say_err("\ninterrupted: what was already written stays written, and the state "
+                    "store records it; the next run does the rest", logging.WARNING)
             ctx.exit(errors.EXIT_INTERRUPTED)
         except BrokenPipeError:  # `dealsync links | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -79,6 +84,12 @@ def _note_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
 json_option = click.option("--json", "as_json", is_flag=True, callback=_note_json,
                            help="One JSON document on stdout (one line unless on a terminal), "
                                 "errors included.")
+
+
+def example(*lines: str) -> str:
+    """A help epilog of command lines, printed as written (``\\b`` stops click rewrapping it)."""
+    head = "Examples:" if len(lines) > 1 else "Example:"
+    return "\b\n" + head + "\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def wants_json(ctx: click.Context) -> bool:
@@ -106,13 +117,34 @@ def state_store_error(ctx: click.Context, exc: Exception) -> DealsyncError:
 def report_error(exc: DealsyncError, debug: bool = False) -> None:
     if debug:
         log.exception("details")
+    if json_logs():  # stderr carries JSON Lines: the error is one of them
+        log.error("%s", exc.message, extra={"fields": {"hint": exc.hint,
+                                                       "exit_code": exc.exit_code}})
+        return
     click.secho(f"Error: {exc.message}", fg="red", err=True)
     if exc.hint:
         click.echo(f"  What to do: {exc.hint}", err=True)
 
 
+def _every(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Every:
+    try:
+        return parse_every(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def say_err(text: str, level: int = logging.INFO) -> None:
+    """A line for stderr: as it is, or as a log line under ``--log-format json``."""
+    if json_logs():  # shown whatever -v says, as the text would be
+        log.handle(log.makeRecord(log.name, level, __file__, 0, "%s", (text.strip(),), None))
+    else:
+        click.echo(text, err=True)
+
+
 class Context:
     """What commands share: the config path, loaded lazily, and the state store."""
+
+    progress_every = Every()  # how often log lines show a running phase (--progress-every)
 
     def __init__(self, config: str | None, debug: bool):
         self.config_ref = config
@@ -164,15 +196,23 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(cls=FunnelGroup, epilog="\b\n" + errors.EXIT_CODES_HELP,
+@click.group(cls=FunnelGroup, epilog="\b\n" + errors.EXIT_CODES_HELP + "\n\n" + example(
+                 "dealsync -c ./dealsync.toml sync --dry-run"),
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-c", "--config", metavar="FILE", help="Configuration file (default: "
               "$DEALSYNC_CONFIG, then dealsync.toml in the user config directory).")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for HTTP).")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              envvar="DEALSYNC_LOG_FORMAT",
+              help="Log lines on stderr as text, or one JSON object per line for a log collector.")
+@click.option("--progress-every", metavar="SPEC", envvar=EVERY_ENV, callback=_every,
+              help="Without a terminal, log a running phase's progress every so many seconds "
+                   "and items: 30s, 500 or 30s,500 (the default); 0 turns one off.")
 @click.version_option(package_name="dealsync")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, verbose: int, debug: bool) -> None:
+def cli(ctx: click.Context, config: str | None, verbose: int, debug: bool, log_format: str,
+        progress_every: Every) -> None:
     """Keep CRM deals and tracker requirements in step.
 
     Sales writes a request on a deal; dealsync creates or links the requirement in the tracker,
@@ -181,18 +221,18 @@ def cli(ctx: click.Context, config: str | None, verbose: int, debug: bool) -> No
     \b
     Start here:
       dealsync demo                  a full sync against local emulators, in a minute
-      dealsync init                  write an example dealsync.toml
+      dealsync init                  answer a few questions: a first dealsync.toml
       dealsync auth set acme token   store a secret in the system keyring
       dealsync check                 verify mappings against the live systems
       dealsync sync --dry-run        show what a run would do
       dealsync run --every 5m        the scheduled job
     """
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(level, log_format)  # progress lines show at any level
     # urllib3 logs full request lines, query strings included: keep it out of -v/-vv.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     state = Context(config, debug)
+    state.progress_every = progress_every
     ctx.obj = state
     ctx.call_on_close(state.close)
     if _PLUGIN_ERROR is not None:
@@ -220,15 +260,17 @@ def run_pairs(state: Context, pair: str | None, options: Options) -> tuple[list[
 
 
 def run_one(state: Context, pair_config: PairConfig, options: Options) -> dict[str, Any]:
+    start_progress(options.progress, pair_config.name)
     try:
         with pair_config.connected() as pair:
             summary = run_pair(pair, state.store, options)
     except DealsyncError as exc:
-        end_progress(options.progress)
+        end_progress(options.progress, stopped=True)  # cleared before the error is printed
         report_error(exc, state.debug)
         return {"pair": pair_config.name, "status": "stopped", "error": exc.message,
                 "hint": exc.hint, "_exit": exc.exit_code}
-    end_progress(options.progress)
+    finally:
+        end_progress(options.progress)
     summary["_exit"] = errors.EXIT_PARTIAL if summary["status"] == "partial" else errors.EXIT_OK
     return summary
 
@@ -239,33 +281,47 @@ def print_summary(summary: dict[str, Any]) -> None:
         return
     counts = summary["counts"]
     click.echo(f"{summary['pair']}: {summary['status']} in {summary['duration_s']:.1f}s: "
-               f"{counts['deals_read']} deals and {counts['requirements_read']} requirements read")
+               f"{counted(counts['deals_read'], 'deal')} and "
+               f"{counted(counts['requirements_read'], 'requirement')} read")
     parts = count_words(counts)
-    click.echo("  " + (", ".join(parts) if parts else "nothing to do"))
+    plan = summary.get("plan")
+    if plan is not None:  # a dry run did nothing: its plan says what a real run would do
+        click.echo(f"  {counted(len(plan), 'planned action')}" if plan else "  nothing to do")
+    else:
+        click.echo("  " + (", ".join(parts) if parts else "nothing to do"))
     calls = ", ".join(f"{name} {n}" for name, n in summary["api_calls"].items())
     click.echo(f"  API calls: {calls}")
-    for line in summary.get("plan", []):
+    for line in plan or []:
         click.echo(f"  {line}" if line.startswith(("STOP", "phase two")) else f"  would {line}")
     for line in summary.get("manual_updates", []) if "plan" not in summary else []:
         click.echo(f"  manual: {line}")
     for error in summary.get("errors", []):
-        click.echo(f"  ! {error}", err=True)
+        say_err(f"  ! {error}", logging.WARNING)
 
 
+#: a run's counts in words: key, then the words for one and for several
 COUNT_WORDS = (
-    ("created", "requirements created"), ("relinked", "re-linked by marker"),
-    ("linked", "deals linked to the requirements they name"),
-    ("joined", "deals joined to the requirement of the same request"),
-    ("updated_tracker", "requirements updated"), ("updated_crm", "deals updated"),
-    ("notes", "deal notes added"),
-    ("conflicts", "conflicts settled by policy"), ("conflicts_queued", "conflicts waiting"),
-    ("manual_updates", "changes waiting for a manual update in the tracker"),
-    ("failures", "failed (queued for retry)"), ("orphaned", "links orphaned"))
+    ("created", "requirement created", "requirements created"),
+    ("relinked", "requirement re-linked by marker", "requirements re-linked by marker"),
+    ("linked", "deal linked to the requirement it names",
+     "deals linked to the requirements they name"),
+    ("joined", "deal joined to the requirement of the same request",
+     "deals joined to the requirement of the same request"),
+    ("updated_tracker", "requirement updated", "requirements updated"),
+    ("updated_crm", "deal updated", "deals updated"),
+    ("notes", "deal note added", "deal notes added"),
+    ("conflicts", "conflict settled by policy", "conflicts settled by policy"),
+    ("conflicts_queued", "conflict waiting", "conflicts waiting"),
+    ("manual_updates", "change waiting for a manual update in the tracker",
+     "changes waiting for a manual update in the tracker"),
+    ("failures", "item failed (queued for retry)", "items failed (queued for retry)"),
+    ("orphaned", "link orphaned", "links orphaned"))
 
 
 def count_words(counts: dict[str, int]) -> list[str]:
     """What a run did, in words, leaving out what it did not do."""
-    return [f"{counts[key]} {label}" for key, label in COUNT_WORDS if counts.get(key)]
+    return [counted(counts[key], one, several) for key, one, several in COUNT_WORDS
+            if counts.get(key)]
 
 
 def sync_options(func: Callable) -> Callable:
@@ -281,7 +337,7 @@ def sync_options(func: Callable) -> Callable:
 
 def _sync(state: Context, pair: str | None, as_json: bool, options: Options) -> None:
     options.notify = notify
-    options.progress = progress_printer(not as_json)
+    options.progress = progress_printer(every=state.progress_every)  # stderr: --json is safe
     results, code = run_pairs(state, pair, options)
     if as_json:
         emit_json({"pairs": results, "exit_code": code})
@@ -292,7 +348,9 @@ def _sync(state: Context, pair: str | None, as_json: bool, options: Options) -> 
         sys.exit(code)
 
 
-@cli.command()
+@cli.command(
+             epilog=example("dealsync sync --dry-run            # the plan; nothing is written",
+                            "dealsync sync --pair acme-rd --json"))
 @sync_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing anywhere.")
 @click.option("--scan-markers", is_flag=True,
@@ -311,7 +369,7 @@ def sync(state: Context, pair: str | None, as_json: bool, force: bool, dry_run: 
                                         scan_markers=scan_markers))
 
 
-@cli.command()
+@cli.command(epilog=example("dealsync retry --pair acme-rd"))
 @sync_options
 @pass_ctx
 def retry(state: Context, pair: str | None, as_json: bool, force: bool) -> None:
@@ -325,12 +383,17 @@ def parse_interval(text: str) -> float:
         value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
         raise click.BadParameter(f"{text!r}: use a number with s, m or h, e.g. 5m") from None
-    if value < 10:
-        raise click.BadParameter("run at most every 10 seconds, to stay inside rate limits")
+    # Each run opens with a few fixed reads (PingCode: 7 set-up calls of its 200 a minute);
+    # below 5 s those alone would take a large share of an instance's limits.
+    if value < 5:
+        raise click.BadParameter(f"{text!r}: run at most every 5 seconds, to leave the "
+                                 "rate limits to the work")
     return value
 
 
-@cli.command()
+@cli.command(
+             epilog=example("dealsync run --every 5m",
+                            "dealsync run --every 5m --workers 4   # PostgreSQL state store"))
 @click.option("--every", default="5m", show_default=True,
               help="How often each pair runs: 30s, 5m, 1h.")
 @click.option("--pair", metavar="NAME", help="Only this pair (default: all).")
@@ -355,8 +418,12 @@ def run(ctx: click.Context, every: str, pair: str | None, workers: int) -> None:
         root = ctx.find_root().params
         command = worker_command(str(config_path(state.config_ref)), root["verbose"],
                                  root["debug"], every, pair)
+        at = command.index("run")  # the workers log as this process does
+        every = state.progress_every
+        command[at:at] = ["--log-format", root["log_format"],
+                          "--progress-every", f"{every.seconds:g}s,{every.items}"]
         Supervisor(command, workers).run()
-        click.echo("stopped", err=True)
+        say_err("stopped")
         return
     stopping = {"now": False}
 
@@ -364,8 +431,11 @@ def run(ctx: click.Context, every: str, pair: str | None, workers: int) -> None:
         stopping["now"] = True
         log.warning("signal %s: stopping after the current run", signum)
 
+    progress = progress_printer(every=state.progress_every)
+
     def run_named(name: str) -> None:
-        summary = run_one(state, state.config.pairs[name], Options(notify=notify))
+        summary = run_one(state, state.config.pairs[name],
+                          Options(notify=notify, progress=progress))
         summary.pop("_exit", None)
         print_summary(summary)
 
@@ -373,7 +443,7 @@ def run(ctx: click.Context, every: str, pair: str | None, workers: int) -> None:
     signal.signal(signal.SIGINT, stop)
     work(lambda: state.store, names, timedelta(seconds=interval), run_named,
          lambda: stopping["now"], on_error=lambda exc: worker_error(state, exc, interval))
-    click.echo("stopped", err=True)
+    say_err("stopped")
 
 
 def worker_error(state: Context, exc: Exception, interval: float) -> float:
@@ -389,7 +459,9 @@ def worker_error(state: Context, exc: Exception, interval: float) -> float:
 
 
 # -- the demo ----------------------------------------------------------------------------------
-@cli.command()
+@cli.command(
+             epilog=example("dealsync demo --crm salesforce --tracker worktile",
+                            "dealsync demo --keep-running --dir ./dealsync-demo"))
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the demo's config and state (default: a new temporary folder).")
 @click.option("--keep-running", is_flag=True,
@@ -409,51 +481,108 @@ def demo(folder: Path | None, keep_running: bool, crm: str, tracker: str) -> Non
     shows the list, the PM making the changes, and a last sync taking them off. Needs no
     account, no secret and no network.
     """
-    from .demo import run_demo
+    from .demo import PAIR_NAME, run_demo
 
-    run_demo(folder, keep_running, click.echo, progress_printer(True), crm=crm, tracker=tracker)
+    # the demo narrates each sync itself: the live display on a terminal, no log lines
+    progress = progress_printer(pair=PAIR_NAME) if sys.stderr.isatty() and not json_logs() \
+        else None
+    run_demo(folder, keep_running, click.echo, progress, crm=crm, tracker=tracker)
 
 
 # -- setting up --------------------------------------------------------------------------------
-EXAMPLE_CONFIG = """\
-# dealsync configuration. Secrets never go here: use `dealsync auth set INSTANCE NAME`
-# or DEALSYNC_<INSTANCE>_<NAME> environment variables.
+class InitCommand(click.Command):
+    """``init``, whose help ends with every installed connector's settings (read when the help
+    is shown, from what each connector declares) before the examples."""
 
-[crm.acme]                      # a CRM instance called "acme"
-type = "hubspot"
-# portal_id = "1234567"         # makes deal links clickable in the tracker
-# lookback_minutes = 10         # re-read this much before the cursor (search index lag)
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from .wizard import settings_listing
 
-[tracker.rd]                    # a tracker instance called "rd"
-type = "pingcode"
-project = "SCR"                 # the project identifier
-# work_item_type = "story"
-# item_kind = "idea"            # PingCode Ship ideas instead: then product = "..." not project
+        try:
+            listing = {side: settings_listing(side) for side in ("crm", "tracker")}
+        except PluginError as exc:
+            listing = {"plugins": [f"(cannot list them: {exc.message})"]}
+        width = max((formatter.width or 80) - formatter.current_indent - 4, 60)
+        for side, lines in listing.items():
+            formatter.write_paragraph()
+            heading = {"crm": "CRM settings (--crm-setting KEY=VALUE; * required, [default]):",
+                       "tracker": "Tracker settings (--tracker-setting KEY=VALUE):"}
+            wrapped = [heading.get(side, "Settings:")]
+            for line in lines:
+                indent = " " * (len(line) - len(line.lstrip()) + 2)
+                wrapped += textwrap.wrap(line, width, subsequent_indent=indent,
+                                         break_on_hyphens=False) or [""]
+            with formatter.indentation():
+                formatter.write_text("\b\n" + "\n".join(wrapped))
+        super().format_epilog(ctx, formatter)
 
-[pair.acme-rd]                  # one CRM instance synced with one tracker instance
-crm = "acme"
-tracker = "rd"
-mapping = "hubspot-pingcode"    # a shipped mapping, or a path to your own
-# max_creates = 50              # stop a run that would create more requirements than this
-# max_change_share = 0.5        # stop if a run would change more than half the links
-"""
 
-
-@cli.command()
+@cli.command(cls=InitCommand, epilog=example(
+    "dealsync init",
+    "dealsync init --no-input --crm hubspot --crm-setting portal_id=1234567 \\",
+    "    --tracker pingcode --tracker-setting project=SCR"))
+@click.option("--crm", metavar="TYPE", help="CRM connector type (hubspot, salesforce, ...).")
+@click.option("--crm-name", metavar="NAME",
+              help="The [crm.NAME] instance, under which its secrets are stored (default: the "
+                   "type).")
+@click.option("--crm-setting", "crm_settings", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the CRM instance; repeat for more. Listed below per type.")
+@click.option("--tracker", metavar="TYPE", help="Tracker connector type (pingcode, worktile, ...).")
+@click.option("--tracker-name", metavar="NAME",
+              help="The [tracker.NAME] instance (default: the type).")
+@click.option("--tracker-setting", "tracker_settings", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the tracker instance; repeat for more. Listed below per type.")
+@click.option("--mapping", metavar="NAME|FILE",
+              help="A shipped mapping or a path (default: the shipped CRM-TRACKER one).")
+@click.option("--pair", "pair_name", metavar="NAME",
+              help="The [pair.NAME] (default: CRM_NAME-TRACKER_NAME).")
+@click.option("--no-input", is_flag=True,
+              help="Ask nothing (also without a terminal): defaults fill the rest, and a "
+                   "missing required value is an error naming its option.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_context
-def init(ctx: click.Context, force: bool) -> None:
-    """Write an example dealsync.toml where dealsync looks for it (or to -c FILE)."""
-    path = config_path(ctx.find_root().params.get("config"))
+def init(ctx: click.Context, crm: str | None, crm_name: str | None,
+         crm_settings: tuple[str, ...], tracker: str | None, tracker_name: str | None,
+         tracker_settings: tuple[str, ...], mapping: str | None, pair_name: str | None,
+         no_input: bool, force: bool) -> None:
+    """Write a first dealsync.toml where dealsync looks for it (or to -c FILE).
+
+    On a terminal it asks for the CRM and its settings, the tracker and its settings, the
+    mapping and the pair's name, showing each vendor's default; every answer can be given as
+    an option instead. The file is checked as `dealsync check` loads it, written readable by
+    you only (0600), and the next steps are printed: the secrets to store, `dealsync check
+    --fix`, `dealsync sync --dry-run`.
+    """
+    config_flag = ctx.find_root().params.get("config")
+    path = config_path(config_flag)
+    from . import wizard
+
     if path.exists() and not force:
-        raise DealsyncError(f"{path} exists already", "pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
-    click.echo(f"wrote {path}\nnext: edit it, then `dealsync auth set acme token`, "
-               "`dealsync check` and `dealsync sync --dry-run`")
+        raise wizard.FileExists(f"{path} exists already", "pass --force to overwrite it, or "
+                                "-c FILE to write another file")
+    answers = wizard.Answers(
+        crm=crm, crm_name=crm_name,
+        crm_settings=wizard.parse_settings(crm_settings, "--crm-setting"),
+        tracker=tracker, tracker_name=tracker_name,
+        tracker_settings=wizard.parse_settings(tracker_settings, "--tracker-setting"),
+        mapping=mapping, pair=pair_name)
+    asker = wizard.Wizard(answers, interactive=not no_input and wizard.terminal())
+    crm_instance, tracker_instance, mapping_ref, pair = asker.run(path.parent)
+    text = wizard.render(crm_instance, tracker_instance, mapping_ref, pair)
+    wizard.validate(text, path)
+    wizard.write_private(path, text)
+    flag = f" -c {path}" if config_flag else ""
+    click.echo(f"\nwrote {path}\n\nNext steps:")
+    secrets = wizard.secret_steps([crm_instance, tracker_instance], flag)
+    if secrets:
+        click.echo("store the secrets (each is prompted for, and kept in the system keyring):")
+    for line in secrets:
+        click.echo(f"  {line}")
+    click.echo("check the mapping against both systems (--fix creates missing CRM fields), and "
+               "see\nwhat a first run would do, writing nothing:")
+    click.echo(f"  dealsync{flag} check --fix\n  dealsync{flag} sync --dry-run")
 
 
-@cli.command()
+@cli.command(epilog=example("dealsync check --fix"))
 @click.option("--pair", metavar="NAME", help="Only this pair.")
 @click.option("--fix", is_flag=True, help="Create the missing CRM deal properties.")
 @pass_ctx
@@ -475,7 +604,7 @@ def check(state: Context, pair: str | None, fix: bool) -> None:
 
 
 # -- inspecting state ---------------------------------------------------------------------------
-@cli.command()
+@cli.command(epilog=example("dealsync status || notify-oncall \"dealsync needs a look\""))
 @json_option
 @pass_ctx
 def status(state: Context, as_json: bool) -> None:
@@ -485,9 +614,6 @@ def status(state: Context, as_json: bool) -> None:
     outage, rejected credentials), or 7 when items wait for a retry, so a monitor can alert
     on `dealsync status` alone.
 
-    \b
-    Example:
-      dealsync status || notify-oncall "dealsync needs a look"
     """
     store, doc = state.store, []
     for name in state.config.pairs:
@@ -495,6 +621,8 @@ def status(state: Context, as_json: bool) -> None:
         runs = [r for r in store.runs(name, 20) if r["status"] != "dry-run"]
         doc.append({
             "pair": name, "last_run": runs[0] if runs else None,
+            "next_run": next_run(store, name,
+                                 parse_ts(runs[0]["started_at"]) if runs else None),
             "links": len(links), "orphaned_links": [l.__dict__ for l in links if l.orphaned],
             "failures": store.failures(name),
             "open_conflicts": len(store.conflicts(name, status="open")),
@@ -521,8 +649,9 @@ def status_code(entry: dict[str, Any]) -> int:
 
 def print_status(entry: dict[str, Any]) -> None:
     last = entry["last_run"]
-    click.echo(f"{entry['pair']}: {entry['links']} links, {len(entry['failures'])} queued "
-               f"failures, {entry['open_conflicts']} open conflicts")
+    click.echo(f"{entry['pair']}: {counted(entry['links'], 'link')}, "
+               f"{counted(len(entry['failures']), 'queued failure')}, "
+               f"{counted(entry['open_conflicts'], 'open conflict')}")
     if last:
         summary = last["summary"]
         when = last["finished_at"][:19].replace("T", " ")
@@ -536,7 +665,22 @@ def print_status(entry: dict[str, Any]) -> None:
                 click.echo(f"  what to do: {stop['hint']}")
     else:
         click.echo("  never run: try `dealsync sync --dry-run`")
+    scheduled = entry["next_run"]
+    if scheduled:
+        every = duration_words(scheduled["every_s"])
+        click.echo(f"  next run at {scheduled['at'][:19].replace('T', ' ')} UTC "
+                   f"(`dealsync run --every {every}` is running)")
+    else:
+        click.echo("  not scheduled: no `dealsync run --every` has looked at this pair lately")
     print_waiting(entry)
+
+
+def duration_words(seconds: int) -> str:
+    """``300`` -> ``5m``, as ``--every`` takes it."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def print_waiting(entry: dict[str, Any]) -> None:
@@ -549,16 +693,13 @@ def print_waiting(entry: dict[str, Any]) -> None:
     if len(entry["failures"]) > 10:
         click.echo(f"  ... and {len(entry['failures']) - 10} more (dealsync status --json)")
     for item in entry["manual_updates"]:
-        click.echo(f"  manual update needed since {item['first_seen'][:16]}: set "
-                   f"{item['req_key']} {item['tracker_field']} from {item['current'] or '-'}"
-                   f" to {item['value'] or '-'} in the tracker (deal "
-                   f"{', '.join(item['deal_ids'])})")
+        click.echo(f"  {manual_update(item)}")
     for orphan in entry["orphaned_links"]:
         click.echo(f"  orphaned: deal {orphan['deal_id']} <-> {orphan['req_key']}: "
                    f"{orphan['orphaned']}")
 
 
-@cli.command()
+@cli.command(epilog=example("dealsync links --pair acme-rd | grep SCR-12"))
 @click.option("--pair", metavar="NAME", help="Only this pair.")
 @json_option
 @pass_ctx
@@ -576,7 +717,9 @@ def links(state: Context, pair: str | None, as_json: bool) -> None:
                    f"{row['origin']:<8} {row['req_title'] or ''}{flag}")
 
 
-@cli.group(cls=FunnelGroup, invoke_without_command=True)
+@cli.group(cls=FunnelGroup, invoke_without_command=True,
+           epilog=example("dealsync conflicts --all",
+                          "dealsync conflicts resolve 3 --take tracker"))
 @click.option("--pair", metavar="NAME", help="Only this pair.")
 @click.option("--all", "show_all", is_flag=True, help="Include conflicts settled by policy.")
 @json_option
@@ -597,13 +740,12 @@ def conflicts(ctx: click.Context, pair: str | None, show_all: bool, as_json: boo
     if not rows:
         click.echo("no open conflicts" if not show_all else "no conflicts")
     for c in rows:
-        deals = ", ".join(f"deal {d}={v!r}" for d, v in zip(c["deal_ids"], c["crm_values"]))
-        outcome = f" -> {c['outcome']!r}" if c["outcome"] is not None else ""
-        click.echo(f"#{c['id']} {c['pair']} {c['req_key']} {c['field']}: tracker "
-                   f"{c['tracker_value']!r} vs {deals} [{c['policy']}, {c['status']}{outcome}]")
+        click.echo(f"#{c['id']} {c['pair']} {conflict_words(c, by_deal=True)} [{c['status']}]")
 
 
-@conflicts.command("resolve")
+@conflicts.command("resolve",
+                   epilog=example("dealsync conflicts resolve 3 --take crm",
+                                  "dealsync conflicts resolve 3 --value 高"))
 @click.argument("conflict_id", type=int)
 @click.option("--take", type=click.Choice(["crm", "tracker"]), help="Keep one side's value.")
 @click.option("--value", help="Set this value (as the tracker names it) on both sides.")
@@ -624,20 +766,21 @@ def conflicts_resolve(state: Context, conflict_id: int, take: str | None,
     elif take == "crm":
         distinct = set(row["crm_values"])
         if len(distinct) != 1:
-            raise DealsyncError(f"the deals disagree among themselves ({sorted(distinct)})",
+            raise DealsyncError(f"the deals disagree among themselves ({listing(distinct)})",
                                 "choose one with --value")
         chosen = fm.to_tracker(distinct.pop())
     else:
         allowed = list(fm.values) if fm.values else None
         if allowed is not None and value not in allowed:
-            raise DealsyncError(f"{value!r} is not a tracker value of {fm.name}",
+            raise DealsyncError(f"{value} is not a tracker value of {fm.name}",
                                 f"use one of: {', '.join(allowed)}")
         chosen = value
     state.store.resolve_conflict(conflict_id, chosen)
-    click.echo(f"conflict #{conflict_id} resolved: {fm.name} = {chosen!r} on the next sync")
+    click.echo(f"conflict #{conflict_id} resolved: {fm.name} = {shown(chosen)} on the next "
+               "sync")
 
 
-@cli.command()
+@cli.command(epilog=example("dealsync report --format html --out pipeline.html"))
 @click.option("--pair", metavar="NAME", help="Only this pair.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]),
               default="table", show_default=True,
@@ -647,10 +790,6 @@ def conflicts_resolve(state: Context, conflict_id: int, take: str | None,
 @pass_ctx
 def report(state: Context, pair: str | None, fmt: str, out: Path | None) -> None:
     """Requirements ranked by the open pipeline asking for them (from the last sync).
-
-    \b
-    Example:
-      dealsync report --format html --out pipeline.html
     """
     pairs = state.config.select(pair)
     rows = pipeline_report(state.store, [p.name for p in pairs],
@@ -667,8 +806,7 @@ def report(state: Context, pair: str | None, fmt: str, out: Path | None) -> None
     except OSError as exc:
         raise click.BadParameter(f"cannot write {out}: {exc.strerror}",
                                  param_hint="--out") from None
-    count = f"{len(rows)} requirement{'' if len(rows) == 1 else 's'}"
-    click.echo(f"report written to {out} ({count})", err=True)
+    click.echo(f"report written to {out} ({counted(len(rows), 'requirement')})", err=True)
 
 
 def report_text(rows: list[dict[str, Any]], fmt: str, pairs: list[str]) -> str:
@@ -687,7 +825,7 @@ def report_text(rows: list[dict[str, Any]], fmt: str, pairs: list[str]) -> str:
 
 
 # -- plugins and secrets ------------------------------------------------------------------------
-@cli.command()
+@cli.command(epilog=example("dealsync plugins --json"))
 @json_option
 def plugins(as_json: bool) -> None:
     """Installed plugins (built-ins included), their versions, hooks and connectors."""
@@ -703,12 +841,12 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  connectors: {', '.join(row['connectors'])}")
 
 
-@cli.group(cls=FunnelGroup)
+@cli.group(cls=FunnelGroup, epilog=example("dealsync auth set acme token", "dealsync auth status"))
 def auth() -> None:
     """Store, check and delete secrets (system keyring, or DEALSYNC_<INSTANCE>_<NAME>)."""
 
 
-@auth.command("set")
+@auth.command("set", epilog=example("dealsync auth set acme token"))
 @click.argument("instance")
 @click.argument("name")
 @pass_ctx
@@ -717,10 +855,6 @@ def auth_set(state: Context, instance: str, name: str) -> None:
 
     NAME must be a secret the instance's connector asks for (`dealsync auth status` lists
     them). Without a usable keyring it says at once which environment variable to set.
-
-    \b
-    Example:
-      dealsync auth set acme token
     """
     check_secret_name(state, instance, name)
     if not keyring_usable():
@@ -750,7 +884,7 @@ def check_secret_name(state: Context, instance: str, name: str) -> None:
                              f"{', '.join(names) or 'none'}", param_hint="NAME")
 
 
-@auth.command("delete")
+@auth.command("delete", epilog=example("dealsync auth delete acme token"))
 @click.argument("instance")
 @click.argument("name")
 def auth_delete(instance: str, name: str) -> None:
@@ -760,7 +894,7 @@ def auth_delete(instance: str, name: str) -> None:
                f"{name} for {instance} was not in the keyring")
 
 
-@auth.command("status")
+@auth.command("status", epilog=example("dealsync auth status --json"))
 @json_option
 @pass_ctx
 def auth_status(state: Context, as_json: bool) -> None:
@@ -786,15 +920,12 @@ def auth_status(state: Context, as_json: bool) -> None:
 
 
 # -- the state store ----------------------------------------------------------------------------
-@cli.group("state", cls=FunnelGroup)
+@cli.group("state", cls=FunnelGroup,
+           epilog=example("dealsync state export postgresql://dealsync@db.internal/dealsync",
+                          "dealsync state import ~/.local/share/dealsync/state.db",
+                          "dealsync state check"))
 def state_group() -> None:
     """Move the state store between SQLite and PostgreSQL, and check it.
-
-    \b
-    Examples:
-      dealsync state export postgresql://dealsync@db.internal/dealsync
-      dealsync state import ~/.local/share/dealsync/state.db
-      dealsync state check
     """
 
 
@@ -812,7 +943,8 @@ def open_named(target: str, must_exist: bool) -> StateStore:
     return open_store(target if is_postgres_url(target) else Path(target).expanduser())
 
 
-@state_group.command("export")
+@state_group.command("export", epilog=example(
+    "dealsync state export postgresql://dealsync@db.internal/dealsync"))
 @click.argument("target", metavar="TARGET")
 @click.option("--replace", is_flag=True, help="Overwrite TARGET if it holds a store already.")
 @json_option
@@ -827,7 +959,8 @@ def state_export(state: Context, target: str, replace: bool, as_json: bool) -> N
     transfer(state.store, dest, replace=replace, as_json=as_json, opened=dest)
 
 
-@state_group.command("import")
+@state_group.command("import", epilog=example(
+    "dealsync state import ~/.local/share/dealsync/state.db --replace"))
 @click.argument("source", metavar="SOURCE")
 @click.option("--replace", is_flag=True, help="Overwrite the configured store if it is not empty.")
 @json_option
@@ -862,13 +995,15 @@ def transfer(source: StateStore, dest: StateStore, *, replace: bool, as_json: bo
             for c in copies:
                 verdict = "every row matches" if c.matches else \
                     f"{c.missing} missing, {c.extra} unexpected"
-                click.echo(f"  {c.table:<15} {c.rows:>8} rows  {verdict}")
+                click.echo(f"  {c.table:<15} {c.rows:>8} {plural(c.rows, 'row'):<4}  {verdict}")
         require_match(copies, source, dest)
     finally:
         opened.close()
 
 
-@state_group.command("check")
+@state_group.command("check",
+                     epilog=example("dealsync state check",
+                                    "dealsync state check ./backup/state.db"))
 @click.argument("target", metavar="[STORE]", required=False)
 @json_option
 @pass_ctx
@@ -893,7 +1028,7 @@ def state_check(state: Context, target: str | None, as_json: bool) -> None:
                    "notes": report.notes, "rows": report.rows})
     else:
         click.echo(f"state store {where}: " + ("ok" if not report.problems else
-                                               f"{len(report.problems)} problems"))
+                                               counted(len(report.problems), "problem")))
         for problem in report.problems:
             click.echo(f"  ! {problem}")
         for note in report.notes:

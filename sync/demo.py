@@ -20,6 +20,7 @@ emulators.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import time
@@ -28,7 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from . import context
 from .check import check_pair, field_roles, field_specs
 from .config import Config, PairConfig, load_config
 from .engine import Options, run_pair
@@ -38,6 +43,8 @@ from .progress import end_progress
 from .report import format_report, pipeline_report
 from .secrets import env_var
 from .state import StateStore
+from .words import conflict_words, counted, manual_update
+from .words import shown as as_text
 
 CRM_NAME = "demo-hubspot"
 TRACKER_NAME = "demo-pingcode"
@@ -540,6 +547,64 @@ def seed(world: DemoWorld, config: Config) -> None:
     if problems:
         raise ConfigError(problems)
     world.deal_ids = world.crm.seed(story_deals(world.keys))
+    fill_context_columns(world)
+
+
+# What reps wrote in the custom context columns of some deals (mapping [context]; the shipped
+# PingCode mappings show urgency and workaround), by deal name.
+CONTEXT_VALUES = {
+    "Acme plant rollout": {"urgency": "高：6 月上线前必须具备", "workaround": "暂用共享管理员账号"},
+    "Globex EU expansion": {"urgency": "紧急", "workaround": ""},
+    "华为云 渠道合作 2025": {"urgency": "中", "workaround": "通过 LDAP 定时同步用户"},
+    "智联物流 司机端": {"urgency": "高", "workaround": "司机先拍照，回网点后补录"},
+}
+
+
+def fill_context_columns(world: DemoWorld) -> None:
+    """Reps fill the custom context columns the mapping shows (``CONTEXT_VALUES``)."""
+    assert world.mapping is not None
+    properties = world.mapping.context_properties
+    names = {world.crm.properties(d)[world.crm.name_field]: d for d in world.deal_ids}
+    for name, values in CONTEXT_VALUES.items():
+        wanted = {properties[c]: v for c, v in values.items() if c in properties and v}
+        if wanted:
+            world.crm.mutate(names[name], wanted)
+
+
+def context_block_lines(world: DemoWorld, story: str = "sso") -> list[str]:
+    """The deal-context block of one requirement of the story, as a person reads it in the
+    tracker: heading, open pipeline, an aligned table (CJK measured by display width), footer.
+    Empty where the tracker is not PingCode (Worktile's block is written at creation only)."""
+    try:
+        description = world.pingcode.item(world.keys[story])["description"]
+    except AttributeError:
+        return []
+    block = context.extract(description)
+    if block is None:
+        return []
+    paragraphs, rows = context.read_block(block)
+    filled = [n for n in range(len(rows[0])) if any(row[n] for row in rows[1:])]
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style=None)
+    for n in filled:  # a column no deal fills (a request that only names the key) is left out
+        table.add_column(rows[0][n], no_wrap=True, max_width=24, overflow="ellipsis")
+    for row in rows[1:]:
+        table.add_row(*(Text(row[n]) for n in filled))
+    out = io.StringIO()
+    Console(file=out, width=100_000, force_terminal=False, color_system=None, highlight=False,
+            markup=False, emoji=False, soft_wrap=False).print(table)
+    shown = [f"  {p}" for p in paragraphs[:2]]
+    shown += [f"    {line.rstrip()}" for line in out.getvalue().splitlines()]
+    return shown + [f"  {p}" for p in paragraphs[2:] if not p.startswith("dealsync:")]
+
+
+def show_context_block(world: DemoWorld, echo: Callable[[str], None]) -> None:
+    """Print what a PM reads on the story's SSO requirement (``context_block_lines``)."""
+    lines = context_block_lines(world)
+    if lines:
+        echo(f"\n{world.keys['sso']} in {world.tracker.label}, the block dealsync keeps in its "
+             "description:")
+        for line in lines:
+            echo(line)
 
 
 def _crm_value(world: DemoWorld, name: str, tracker_value: str) -> str:
@@ -585,10 +650,7 @@ def play_a_day(world: DemoWorld) -> list[str]:
 
 def manual_update_lines(store: StateStore) -> list[str]:
     """The changes waiting for a person in the tracker, as `dealsync status` lists them."""
-    return [f"manual update needed since {item['first_seen'][:16]}: set {item['req_key']} "
-            f"{item['tracker_field']} from {item['current'] or '-'} to {item['value'] or '-'} "
-            f"in the tracker (deal {', '.join(item['deal_ids'])})"
-            for item in store.manual_updates(PAIR_NAME)]
+    return [manual_update(item) for item in store.manual_updates(PAIR_NAME)]
 
 
 def show_manual_updates(store: StateStore, echo: Callable[[str], None]) -> list[str]:
@@ -631,7 +693,7 @@ def _item_moves(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
 
 
 def _deal_moves(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [f"{attr} {old.get(attr) or '-'} -> {value}"
+    return [f"{attr} {as_text(old.get(attr))} -> {as_text(value)}"
             for attr, value in new.items() if attr != "name" and old.get(attr) != value]
 
 
@@ -671,11 +733,13 @@ def run_sync(config: Config, store: StateStore, progress: Callable[[str, int], N
     calls = ", ".join(f"{name} {n}" for name, n in summary["api_calls"].items())
     manual = counts.get("manual_updates")
     echo(f"  {summary['status']} in {summary['duration_s']:.1f}s: "
-         f"{counts['deals_read']} deals and {counts['requirements_read']} requirements read, "
+         f"{counted(counts['deals_read'], 'deal')} and "
+         f"{counted(counts['requirements_read'], 'requirement')} read, "
          f"{counts['created']} created, {counts['linked']} linked by key, "
          f"{counts['joined']} joined an identical request, "
-         f"{counts['updated_tracker']} requirements and {counts['updated_crm']} deals updated, "
-         f"{counts['conflicts']} conflicts settled, {counts['failures']} failed"
+         f"{counted(counts['updated_tracker'], 'requirement')} and "
+         f"{counted(counts['updated_crm'], 'deal')} updated, "
+         f"{counted(counts['conflicts'], 'conflict')} settled, {counts['failures']} failed"
          + (f", {manual} listed for a manual update" if manual else "")
          + f"; API calls: {calls}")
     return summary
@@ -699,7 +763,7 @@ def run_demo(folder: Path | None, keep_running: bool, echo: Callable[[str], None
         seed(world, config)
         echo(f"Seeded {len(world.deal_ids)} {label} {world.crm.deals_word} across "
              f"{len(COMPANIES)} {world.crm.companies_word} and "
-             f"{len(world.tracker.items())} {tracker_label} requirements.\n")
+             f"{counted(len(world.tracker.items()), tracker_label + ' requirement')}.\n")
         store = StateStore(config.state_path)
         listed: dict[str, list[str]] = {}
         fourth = closing = moved_at_last = final = None
@@ -729,10 +793,7 @@ def run_demo(folder: Path | None, keep_running: bool, echo: Callable[[str], None
             for line in moved:
                 echo(line)
             for conflict in store.conflicts(PAIR_NAME):
-                echo(f"  conflict kept: {conflict['req_key']} {conflict['field']}: "
-                     f"{tracker_label} {conflict['tracker_value']} vs deal "
-                     f"{conflict['crm_values']} -> {conflict['outcome']} "
-                     f"({conflict['policy']} policy)")
+                echo(f"  conflict kept: {conflict_words(conflict, tracker_label)}")
             if listing:
                 listed["second"] = show_manual_updates(store, echo)
             echo("\nThird sync: nothing new, so nothing is written"
@@ -755,6 +816,7 @@ def run_demo(folder: Path | None, keep_running: bool, echo: Callable[[str], None
                 for line in moved_at_last:
                     echo(line)
                 listed["fourth"] = show_manual_updates(store, echo)
+            show_context_block(world, echo)
             rows = pipeline_report(store, [PAIR_NAME])
             echo("\nRequirements ranked by the open pipeline asking for them:")
             echo(format_report(rows))

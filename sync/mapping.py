@@ -10,18 +10,23 @@ one-to-one.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .context import BUILTIN_COLUMNS, DEFAULT_LANGUAGE, LANGUAGES
 from .errors import ConfigError, ItemError
 
 DIRECTIONS = ("both", "to_tracker", "to_crm", "on_create")
 POLICIES = ("crm", "tracker", "newest", "ask")
-CONTEXT_COLUMNS = ("name", "company", "stage", "amount", "close_date", "owner", "request")
+CONTEXT_COLUMNS = BUILTIN_COLUMNS
+#: a custom context column's name: a TOML bare key that reads as a word
+COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 class UnmappedValue(ItemError):
@@ -89,6 +94,12 @@ class Mapping:
     key_field: str | None = None
     url_field: str | None = None
     context_columns: tuple[str, ...] = CONTEXT_COLUMNS
+    #: the language of what dealsync writes for people: the block and deal notes (``WORDS``)
+    context_language: str = DEFAULT_LANGUAGE
+    #: column -> the title the mapping gives it (every custom column has one)
+    context_titles: dict[str, str] = field(default_factory=dict)
+    #: custom column -> the CRM deal property it shows, in column order
+    context_properties: dict[str, str] = field(default_factory=dict)
     note_fields: tuple[str, ...] = ()  # mirrored fields whose changes also leave a deal note
     note_manual_updates: bool = False  # a deal note when its change awaits a manual update
     description: str = ""
@@ -97,14 +108,27 @@ class Mapping:
         """Every deal property the engine needs to read."""
         names = [self.request_field, *self.where, *(f.crm for f in self.fields)]
         names += [n for n in (self.key_field, self.url_field) if n]
+        names += self.context_properties.values()
         return list(dict.fromkeys(names))
+
+    def context_fingerprint(self) -> int:
+        """A number that changes when what the block shows or how it words it changes
+        (columns, titles, properties, language): every block is then rewritten once."""
+        settings = [self.context_language, self.context_columns,
+                    sorted(self.context_titles.items()), sorted(self.context_properties.items())]
+        return zlib.crc32(json.dumps(settings, ensure_ascii=False).encode("utf-8")) or 1
+
+    def context_values(self, fields: dict[str, str | None]) -> dict[str, str | None]:
+        """The custom columns' values of a deal with these ``fields``, by column."""
+        return {column: fields.get(name) for column, name in self.context_properties.items()}
 
     def crm_schema(self) -> dict[str, list[str] | None]:
         """The deal properties dealsync reads or writes: name -> the options an enumeration
         needs (from the value table), or None for text (``dealsync check --fix`` creates them)."""
         schema: dict[str, list[str] | None] = {
             f.crm: sorted(set(f.values.values())) if f.values else None for f in self.fields}
-        for name in (self.request_field, self.key_field, self.url_field):
+        for name in (self.request_field, self.key_field, self.url_field,
+                     *self.context_properties.values()):
             if name:
                 schema.setdefault(name, None)
         return schema
@@ -205,11 +229,7 @@ def parse_mapping(data: dict[str, Any], source: str) -> Mapping:
         bad("fields", f"CRM property {dup!r} is mapped twice")
 
     link = _table(data, "link", bad)
-    context = _table(data, "context", bad)
-    columns = context.get("columns", list(CONTEXT_COLUMNS))
-    if not isinstance(columns, list) or any(c not in CONTEXT_COLUMNS for c in columns):
-        bad("context.columns", f"must list some of: {', '.join(CONTEXT_COLUMNS)}")
-        columns = list(CONTEXT_COLUMNS)
+    columns, language, titles, properties = _parse_context(_table(data, "context", bad), bad)
 
     notes_table = _table(data, "notes", bad)
     notes = notes_table.get("fields", [])
@@ -228,8 +248,57 @@ def parse_mapping(data: dict[str, Any], source: str) -> Mapping:
     return Mapping(
         source=source, request_field=request_field, key_pattern=key_pattern, where=where,
         fields=tuple(fields), key_field=link.get("key_field"), url_field=link.get("url_field"),
-        context_columns=tuple(columns), note_fields=tuple(notes),
+        context_columns=tuple(columns), context_language=language, context_titles=titles,
+        context_properties=properties, note_fields=tuple(notes),
         note_manual_updates=note_manual is True, description=str(_table(data, "mapping", bad).get("description", "")))
+
+
+def _parse_context(context: dict[str, Any], bad: Any
+                   ) -> tuple[list[str], str, dict[str, str], dict[str, str]]:
+    """``[context]``: the block's columns (built-in, or custom: a deal property with a title
+    under ``[context.titles]``, read from ``[context.properties]`` or the property of the
+    column's name), its language, and the titles and properties by column."""
+    for extra in sorted(set(context) - {"columns", "language", "titles", "properties"}):
+        bad(f"context.{extra}", "unknown key (known: columns, language, titles, properties)")
+    language = context.get("language", DEFAULT_LANGUAGE)
+    if language not in LANGUAGES:
+        bad("context.language", f"{language!r} is not one of {', '.join(LANGUAGES)}")
+        language = DEFAULT_LANGUAGE
+    titles = _table(context, "titles", bad, "context.")
+    properties = _table(context, "properties", bad, "context.")
+    columns = context.get("columns", list(CONTEXT_COLUMNS))
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        bad("context.columns", f"must be a list of column names (built in: "
+            f"{', '.join(CONTEXT_COLUMNS)}; or custom ones, each with a title under "
+            "[context.titles])")
+        columns = list(CONTEXT_COLUMNS)
+    for dup in sorted({c for c in columns if columns.count(c) > 1}):
+        bad("context.columns", f"{dup!r} is listed twice")
+    custom = [c for c in dict.fromkeys(columns) if c not in CONTEXT_COLUMNS]
+    for column in custom:
+        if not COLUMN_NAME.fullmatch(column):
+            bad("context.columns", f"{column!r} is not a column name (letters, digits, _)")
+        elif column not in titles:
+            bad("context.columns", f"{column!r} is not a built-in column "
+                f"({', '.join(CONTEXT_COLUMNS)}); a custom column showing a deal property "
+                f"needs a title: add {column} = \"...\" under [context.titles]")
+    for column, title in titles.items():
+        if column not in columns:
+            bad(f"context.titles.{column}", "not a column of context.columns")
+        elif not isinstance(title, str) or not title.strip():
+            bad(f"context.titles.{column}", "must be a non-empty string")
+    for column, name in properties.items():
+        if column in CONTEXT_COLUMNS:
+            bad(f"context.properties.{column}", "a built-in column: it shows the deal itself, "
+                "not a property")
+        elif column not in columns:
+            bad(f"context.properties.{column}", "not a column of context.columns")
+        elif not isinstance(name, str) or not name:
+            bad(f"context.properties.{column}", "must be a CRM deal property name")
+    shown = {column: properties.get(column) or column for column in custom}
+    return (list(dict.fromkeys(columns)), language,
+            {c: t for c, t in titles.items() if isinstance(t, str) and t.strip()},
+            {c: p for c, p in shown.items() if isinstance(p, str)})
 
 
 def _table(data: dict[str, Any], key: str, bad: Any, prefix: str = "") -> dict[str, Any]:

@@ -7,9 +7,14 @@ sync saw.
 
 from __future__ import annotations
 
+import io
 import re
 from collections import Counter
 from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from .mapping import Mapping, UnmappedValue
 from .state import Base, StateStore
@@ -120,12 +125,31 @@ def is_won(deal: dict[str, Any]) -> bool:
     return any(word in stage for word in WON_WORDS)
 
 
+#: the table's columns: header, how a row fills it, right-aligned; "Open/all deals" is the
+#: open deals asking for the requirement over all its linked deals (won and lost included)
+COLUMNS = (("Requirement", lambda r: r["key"], False),
+           ("Open pipeline", lambda r: f"{r['open_pipeline']:,.0f}", True),
+           ("Open/all deals", lambda r: f"{r['open_deals']}/{r['deals']}", True),
+           ("Title", lambda r: r["title"] or "", False),
+           ("Companies", lambda r: ", ".join(r["companies"]), False))
+TITLE_CELLS = 40  # display cells: a Chinese character takes two
+
+
 def format_report(rows: list[dict[str, Any]]) -> str:
+    """The report as a plain-text table, columns aligned by display width (CJK characters take
+    two cells; rich measures them), with no terminal codes, whatever the output is."""
     if not rows:
         return "no linked requirements yet"
-    lines = [f"{'Requirement':<10} {'Open pipeline':>14} {'Deals':>6}  {'Title':<40} Companies"]
-    for r in rows:
-        title = (r["title"] or "")[:40]
-        lines.append(f"{r['key']:<10} {r['open_pipeline']:>14,.0f} {r['open_deals']:>3}/"
-                     f"{r['deals']:<2}  {title:<40} {', '.join(r['companies'])}")
-    return "\n".join(lines)
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style=None)
+    for header, _, right in COLUMNS:
+        table.add_column(header, justify="right" if right else "left", no_wrap=True,
+                         max_width=TITLE_CELLS if header == "Title" else None,
+                         overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(Text(cell(row)) for _, cell, _ in COLUMNS))
+    out = io.StringIO()
+    # Plain text at any width: no colours, no markup or emoji codes read in titles, no wrapping.
+    console = Console(file=out, width=100_000, force_terminal=False, color_system=None,
+                      highlight=False, markup=False, emoji=False, soft_wrap=False)
+    console.print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())

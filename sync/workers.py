@@ -70,6 +70,35 @@ def claim_next(store: StateStore, names: list[str], interval: timedelta,
     return None, BUSY_POLL_S if busy else interval.total_seconds()
 
 
+#: positions (``StateStore.position``) a scheduler keeps per pair, for ``dealsync status``
+SCHEDULE_EVERY = "schedule:every_s"  # its interval
+SCHEDULE_SEEN = "schedule:seen"  # when it last looked (Unix seconds)
+#: a scheduler not seen for its interval and this much more is taken as stopped: it looks at
+#: least once an interval (when the next pair is due)
+SCHEDULE_GRACE_S = 120
+
+
+def note_schedule(store: StateStore, names: list[str], interval: timedelta) -> None:
+    """Say in the store that these pairs are scheduled every ``interval``, as of now."""
+    with store.transaction():
+        for name in names:
+            store.set_position(name, SCHEDULE_EVERY, int(interval.total_seconds()))
+            store.set_position(name, SCHEDULE_SEEN, int(time.time()))
+
+
+def next_run(store: StateStore, pair: str, last_started: datetime | None,
+             now: float | None = None) -> dict[str, Any] | None:
+    """``{"every_s", "at"}`` when a scheduler (``dealsync run --every``) has looked at this
+    pair recently: ``at`` is when the pair is next due (ISO, UTC); None when none has."""
+    every = store.position(pair, SCHEDULE_EVERY)
+    seen = store.position(pair, SCHEDULE_SEEN)
+    now = time.time() if now is None else now
+    if not every or now - seen > every + SCHEDULE_GRACE_S:
+        return None
+    due = (last_started + timedelta(seconds=every)) if last_started else now_utc()
+    return {"every_s": every, "at": max(due, now_utc()).isoformat()}
+
+
 def work(store: Callable[[], StateStore], names: list[str], interval: timedelta,
          run: Callable[[str], None], stopping: Callable[[], bool],
          sleep: Callable[[float], None] = time.sleep, on_error: Callable[[Exception], float]
@@ -79,6 +108,7 @@ def work(store: Callable[[], StateStore], names: list[str], interval: timedelta,
     while not stopping():
         try:
             current = store()
+            note_schedule(current, names, interval)
             name, wait = claim_next(current, names, interval, now_utc())
             if name is not None:
                 try:

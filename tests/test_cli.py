@@ -99,6 +99,7 @@ def test_dry_run_prints_plan_and_changes_nothing(workdir):
     result = invoke(workdir, "sync", "--dry-run")
     assert result.exit_code == 0
     assert "would create requirement 'SSO'" in result.output
+    assert "nothing to do" not in result.output and " planned actions\n" in result.output
     assert (workdir / "crm.json").read_text() == before
     assert not (workdir / "tracker.json").exists()
 
@@ -154,7 +155,7 @@ def test_failed_item_exits_7_and_retry_finishes(workdir):
     status = json.loads(invoke(workdir, "status", "--json").stdout)
     assert len(status["pairs"][0]["failures"]) == 1 and status["exit_code"] == 7
     text = invoke(workdir, "status").output
-    assert "1 queued failures" in text and "failed field deal - requirement item" in text
+    assert "1 queued failure," in text and "failed field deal - requirement item" in text
     assert "has no CRM value" in text
 
 
@@ -378,3 +379,55 @@ def test_a_missing_secret_is_said_once_with_both_ways_to_provide_it(workdir, mon
     assert text.count("is not set") == 1
     assert "dealsync auth set rd client_id" in text
     assert "export DEALSYNC_RD_CLIENT_ID=..." in text
+
+
+def test_run_every_takes_5_seconds_and_up(workdir):
+    too_often = CliRunner().invoke(cli, ["-c", str(workdir / "dealsync.toml"), "run",
+                                         "--every", "4s"])
+    assert too_often.exit_code == 2 and "at most every 5 seconds" in too_often.output
+    typo = CliRunner().invoke(cli, ["-c", str(workdir / "dealsync.toml"), "run",
+                                    "--every", "5 min"])
+    assert typo.exit_code == 2 and "use a number with s, m or h" in typo.output
+
+
+def test_status_names_the_next_scheduled_run_while_run_every_is_active(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert "not scheduled" in invoke(workdir, "status").output
+    env = {**os.environ, "DEALSYNC_HOME": str(workdir / "home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync.cli", "-c", str(workdir / "dealsync.toml"), "run",
+         "--every", "10m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (workdir / "tracker.json").exists():
+            time.sleep(0.1)
+        time.sleep(0.5)
+        text = invoke(workdir, "status").output
+        doc = json.loads(invoke(workdir, "status", "--json").stdout)["pairs"][0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert "next run at " in text and "(`dealsync run --every 10m` is running)" in text
+    started = doc["last_run"]["started_at"]
+    assert doc["next_run"]["every_s"] == 600 and doc["next_run"]["at"] > started
+
+
+def test_a_scheduler_not_seen_for_its_interval_is_taken_as_stopped(tmp_path):
+    import time
+    from datetime import timedelta
+
+    from sync.state import StateStore
+    from sync.workers import SCHEDULE_GRACE_S, next_run, note_schedule
+
+    store = StateStore(tmp_path / "state.db")
+    assert next_run(store, "p", None) is None
+    note_schedule(store, ["p"], timedelta(minutes=5))
+    assert next_run(store, "p", None)["every_s"] == 300
+    later = time.time() + 300 + SCHEDULE_GRACE_S + 5
+    assert next_run(store, "p", None, now=later) is None
+    store.close()

@@ -183,7 +183,8 @@ def test_create_link_mirror_context_and_echo_free(stack):
     block = stack.item("SCR-1")["description"]
     assert block.startswith("<p>支持 SAML 2.0 与 OIDC 单点登录。</p>")  # the PM's text stays
     assert "Acme EU" in block and "Acme APAC" in block and "Acme &lt;Holdings&gt;" in block
-    assert "Open pipeline: <strong>100,000</strong> across 2 open deals" in block
+    # the shipped mapping writes the block in Simplified Chinese ([context] language)
+    assert "进行中商机金额合计：<strong>100,000</strong>，共 2 个进行中的商机" in block
 
     # PM moves SCR-1 two transitions on; sales raises priority on one of its deals.
     stack.pingcode.mutate("SCR-1", state="已完成")
@@ -197,7 +198,7 @@ def test_create_link_mirror_context_and_echo_free(stack):
         notes = stack.side.notes(deal)
         if notes is not None:  # a CRM whose mapping asks for notes
             assert notes[-1] == \
-                f"dealsync: SCR-1 单点登录（SSO）支持: status is now 已完成 ({shipped})"
+                f"dealsync：SCR-1 单点登录（SSO）支持：状态已变为 已完成（{shipped}）"
 
     # Sales moves the created requirement through the workflow from the deal.
     stack.edit(new, "status", "已计划")
@@ -263,10 +264,10 @@ def test_archived_deal_is_flagged_and_company_rename_reaches_the_requirement(sta
     summary = stack.sync()
     assert summary["counts"]["orphaned"] == 1
     block = stack.item("SCR-1")["description"]
-    assert "Acme APAC</a> (gone from the CRM)" in block
+    assert "Acme APAC</a>（已从 CRM 中移除）" in block
     assert "Acme EU</a></td><td>Acme Group</td>" in block  # re-read: the new name
-    assert "Acme APAC</a> (gone from the CRM)</td><td>Acme &lt;Holdings&gt;" in block  # last known
-    assert "Open pipeline: <strong>80,000</strong> across 1 open deal" in block
+    assert "Acme APAC</a>（已从 CRM 中移除）</td><td>Acme &lt;Holdings&gt;" in block  # last known
+    assert "进行中商机金额合计：<strong>80,000</strong>，共 1 个进行中的商机" in block
     assert "orphaned: deal " + archived in stack.cli("status")
     assert stack.shown(kept, "requirement") == "SCR-1"
 

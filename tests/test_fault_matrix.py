@@ -10,6 +10,7 @@ fault gone, finishes the rest. The README's "What happens when a service fails" 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -122,12 +123,18 @@ def matrix(hubspot_server, pingcode_server, tmp_path, monkeypatch):
     made.clear()
 
 
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S+ [A-Z]+ ")  # sync/progress.py
+
+
 def one_line(run: Run) -> str:
-    """The error as a person reads it: one line naming what failed, and a hint."""
+    """The error as a person reads it: one line naming what failed, and a hint (the log lines
+    around it, a run's progress among them, are for a log reader)."""
     assert "internal error" not in run.stderr and "Traceback" not in run.stderr
-    first = run.stderr.strip().splitlines()[0]
+    said = "\n".join(line for line in run.stderr.strip().splitlines()
+                     if not LOG_LINE.match(line))
+    first = said.splitlines()[0]
     assert len(first) < 400, first
-    return run.stderr
+    return said
 
 
 # -- throttling: waited out, never an error ---------------------------------------------------------

@@ -174,6 +174,8 @@ class PingCodeConnector(TrackerConnector):
     # 200/min per identity (docs/pingcode.md §13)
     default_rate_limits = {"default": RateLimit(200, 60)}
     batch_size = 1
+    concurrent = True  # its own HTTP client and state (docs/engine.md §9)
+    setup_settings = {"base_url": "https://open.pingcode.com", "project": None}  # dealsync init
     settings_help = {
         "base_url": "API root, default https://open.pingcode.com (self-hosted: https://HOST/open)",
         "item_kind": '"work_item" (default: Agile work items in a project) or "idea" (Ship '

@@ -258,6 +258,9 @@ class SalesforceConnector(CRMConnector):
     # no per-second limit, only the daily allocation (docs/salesforce.md §8)
     default_rate_limits = {}
     batch_size = COLLECTIONS_MAX
+    concurrent = True  # its own HTTP client and state (docs/engine.md §9)
+    # `dealsync init`: login.salesforce.com is refused for client_credentials, so no default
+    setup_settings = {"auth": "client_credentials", "login_url": None}
     settings_help = {
         "auth": "\"client_credentials\" (the default), \"refresh_token\" or \"jwt\"",
         "login_url": f"where the token is requested: the org's My Domain URL "

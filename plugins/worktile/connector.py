@@ -265,7 +265,9 @@ class WorktileConnector(TrackerConnector):
     # app.
     default_rate_limits = {"default": RateLimit(20, 1.0)}
     batch_size = 1
+    concurrent = True  # its own HTTP client and state (docs/engine.md §9)
     required_settings = ("project",)
+    setup_settings = {"base_url": DEFAULT_BASE_URL, "project": None}  # `dealsync init`
     settings_help = {
         "base_url": f"Worktile host, default {DEFAULT_BASE_URL} (a private deployment has its "
                     f"own); the API is under {API}",

@@ -62,7 +62,10 @@ class PlanContext:
         text = deal.fields.get(self.mapping.request_field)
         key = (deal.id, deal.updated_at, text)
         if key not in self._contexts:
-            self._contexts[key] = deal_context(deal, request_text(text, self.pattern))
+            row = deal_context(deal, request_text(text, self.pattern))
+            if self.mapping.context_properties:  # custom columns: deal properties
+                row["custom"] = self.mapping.context_values(deal.fields)
+            self._contexts[key] = row
         return dict(self._contexts[key])
 
 
@@ -152,8 +155,8 @@ def _plan_group(view: View, ctx: PlanContext, title: str,
     first, parsed = members[0]
     markers = [make_marker(ctx.pair, d.id) for d in deals]
     block = context.render([ctx.context_of(d) for d in deals], ctx.mapping.context_columns,
-                           markers)
-    text = request_html(parsed.body)
+                           markers, ctx.mapping.context_language, ctx.mapping.context_titles)
+    text = request_html(parsed.body, ctx.mapping.context_language)
     return [CreateRequirement(tuple(d.id for d in deals), tuple(d.name for d in deals),
                               parsed.title or "", title,
                               f"{text}\n{block}" if text else block,
@@ -178,9 +181,9 @@ def initial_fields(mapping: Mapping, deal: Deal) -> dict[str, str | None]:
 REQUEST_BODY_MAX = 20_000
 
 
-def request_html(body: str) -> str:
+def request_html(body: str, language: str = context.DEFAULT_LANGUAGE) -> str:
     """The request's text (after its title line) as escaped HTML paragraphs."""
-    body = context.clip(body, REQUEST_BODY_MAX)
+    body = context.clip(body, REQUEST_BODY_MAX, language)
     paragraphs = [p.strip() for p in body.split("\n\n") if p.strip()]
     return "".join("<p>" + html.escape(p).replace("\n", "<br>") + "</p>" for p in paragraphs)
 
@@ -249,7 +252,8 @@ def desired_block(view: View, ctx: PlanContext, links: list[Link]) -> str:
         if ctx_row is not None:
             deals.append({**ctx_row, "orphaned": bool(link.orphaned)})
     markers = [make_marker(ctx.pair, link.deal_id) for link in shown if link.origin == "created"]
-    return context.render(deals, ctx.mapping.context_columns, markers)
+    return context.render(deals, ctx.mapping.context_columns, markers,
+                          ctx.mapping.context_language, ctx.mapping.context_titles)
 
 
 def wanted_link_fields(mapping: Mapping, live: list[Link], primary_req: str) -> dict[str, str | None]:
@@ -328,7 +332,7 @@ class _FieldPlanner:
         deals = [UpdateDeal(d.deal_id, tuple(d.values.items()), tuple(d.changes),
                             tuple(d.bases), tuple(d.waits))
                  for d in self.deals.values() if d.values]
-        notes = [AddNote(d.deal_id, f"dealsync: {text}")
+        notes = [AddNote(d.deal_id, text)
                  for d in self.deals.values() if d.values for text in d.notes]
         return [*orphans, *self.records, *reqs, *deals, *notes, *self.manual_notes,
                 *self.settled]
@@ -400,9 +404,9 @@ class _FieldPlanner:
                                          merged.tracker_value, req.fields.get(fm.tracker),
                                          asking))
         if self.ctx.mapping.note_manual_updates and (req.id, fm.name) not in self.view.manual:
-            self.manual_notes += [AddNote(deal_id, f"dealsync: {req.key} {req.title}: "
-                                          f"{fm.name} {target} waits for a manual update in "
-                                          "the tracker", after_update=False)
+            text = context.note(self.ctx.mapping.context_language, "manual", fm.name,
+                                key=req.key, title=req.title, value=target)
+            self.manual_notes += [AddNote(deal_id, text, after_update=False)
                                   for deal_id in asking]
 
     def _write(self, fm: FieldMap, req: Requirement, merged: Merged) -> None:
@@ -435,8 +439,9 @@ class _FieldPlanner:
         # linked gets its first value without one (12,000 new links are not 12,000 notes).
         if fm.name in self.ctx.mapping.note_fields and \
                 (deal_id, req.id, fm.name) in self.view.bases:
-            draft.notes.append(clean(f"{req.key} {req.title}: {fm.name} is now "
-                                     f"{merged.tracker_value} ({value})"))
+            draft.notes.append(clean(context.note(
+                self.ctx.mapping.context_language, "changed", fm.name, key=req.key,
+                title=req.title, tracker_value=merged.tracker_value, crm_value=value)))
         if merged.write_tracker:
             now = norm(req.fields.get(fm.tracker))
             crm_now = fm.to_crm(now)
