@@ -1,8 +1,11 @@
 """Engine cost on the memory connectors: a first sync of N deals, then a quiet second run.
 
-Measures wall time, time per deal, the process's peak RSS (one size per process, so the peak is
-that size's) and connector calls, so the engine's own overhead can be told apart from any
-API's. Run:
+Measures wall time, CPU time (user + system: steadier than wall time on a shared machine), time
+per deal, the time spent in Python's cyclic garbage collector, the process's peak RSS (one size
+per process, so the peak is that size's) and connector calls, so the engine's own overhead can be
+told apart from any API's. The memory connectors keep their data (the "world") in the same
+process, so the RSS once the world is built is printed too: the engine's share is the peak
+minus that. Run:
 
     python benchmarks/engine_memory.py --deals 10000 --share 5
 """
@@ -10,9 +13,10 @@ API's. Run:
 from __future__ import annotations
 
 import argparse
+import gc
+import resource
 import tempfile
 import time
-import resource
 from pathlib import Path
 
 from plugins.memory import MemoryCRM, MemoryTracker, World
@@ -22,6 +26,39 @@ from sync.mapping import load_mapping
 from sync.state import StateStore
 
 MAPPING = Path(__file__).resolve().parent.parent / "tests" / "data" / "memory-mapping.toml"
+
+
+class GcTimer:
+    """Seconds spent in the cyclic garbage collector, and collections by generation
+    (``gc.callbacks``: https://docs.python.org/3/library/gc.html#gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.collections = 0.0, [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def take(self) -> tuple[float, list[int]]:
+        taken = self.seconds, self.collections
+        self.seconds, self.collections = 0.0, [0, 0, 0]
+        return taken
+
+
+def rss_mib() -> float:
+    """The current resident set size (``/proc/self/statm``, Linux), in MiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -39,18 +76,25 @@ def main() -> None:
     tracker = MemoryTracker(InstanceContext("tracker", {}, lambda n: ""), world=world)
     pair = Pair("bench", crm, tracker, load_mapping(str(MAPPING)), guard_min_links=10**9,
                 max_creates=10**9)
+    world_rss = rss_mib()
+    print(f"{'world of ' + format(args.deals, ',') + ' deals built':<28} RSS {world_rss:6.0f} MiB")
+    timer = GcTimer()
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(Path(tmp) / "state.db")
         # Every deal is re-read by the second run (all fall inside the lookback window), so it
         # measures the cost of proving that nothing changed.
         for label in ("first sync", "second sync, nothing new"):
-            started = time.perf_counter()
+            timer.take()
+            started, cpu = time.perf_counter(), cpu_s()
             summary = run_pair(pair, store, Options())
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, cpu_s() - cpu
+            gc_s, collections = timer.take()
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
             counts = {k: v for k, v in summary["counts"].items() if v}
             print(f"{label:<28} {elapsed:7.2f} s  {elapsed / args.deals * 1000:5.2f} ms a deal  "
-                  f"peak RSS {peak:6.0f} MiB  calls {summary['api_calls']}  {counts}")
+                  f"CPU {cpu:7.2f} s {cpu / args.deals * 1000:5.2f} ms a deal  "
+                  f"GC {gc_s:5.2f} s ({collections[2]} full)  peak RSS {peak:6.0f} MiB "
+                  f"(engine {peak - world_rss:5.0f})  calls {summary['api_calls']}  {counts}")
         store.close()
 
 

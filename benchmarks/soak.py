@@ -163,15 +163,20 @@ def main(argv: list[str] | None = None) -> None:
         try:
             assert soak.dealsync("check", "--fix").returncode == 0
             soak.add_deals(20)
+            job_log = (Path(tmp) / "run.log").open("w")
             job = subprocess.Popen([sys.executable, "-m", "sync.cli", "-c", str(soak.config),
                                     "run", "--every", args.every], env=soak.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=job_log, stderr=subprocess.STDOUT)
             time.sleep(15)
             rss = [rss_mib(job.pid)]
             deadline = time.monotonic() + args.minutes * 60
             while time.monotonic() < deadline and job.poll() is None:
                 soak.edit()
                 time.sleep(soak.rng.uniform(1, 5))
+            if job.poll() is not None:
+                tail = (Path(tmp) / "run.log").read_text().splitlines()[-30:]
+                sys.exit(f"the scheduler stopped early (exit {job.returncode}):\n"
+                         + "\n".join(tail))
             rss.append(rss_mib(job.pid))
             job.send_signal(signal.SIGTERM)
             stopped = job.wait(timeout=600)

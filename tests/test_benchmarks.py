@@ -19,7 +19,11 @@ def test_run_all_quick_writes_every_scenario(tmp_path):
     assert text.startswith("# Results\n\nhand-written\n")
     assert "60 deals naming 3 existing keys: ok" in text
     assert "0 x 429" in text and "utilisation 100.0%" in text
-    assert text.count("second sync, nothing new") == 2
+    assert text.count("### Engine growth on the memory connectors") == 3
+    assert "peak RSS     600 deals (600 links)" in text  # the growth summary, largest size
+    assert "quiet run inside the lookback" in text and "quiet run after the lookback" in text
+    assert "fewest; made" in text  # each quiet run's calls beside the fewest, with arithmetic
+    assert "statuses equal in the replay" in text and "(limit 1.30)" in text
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick",
                             "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and out.read_text().count("<!-- run_all: begin -->") == 1

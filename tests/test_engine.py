@@ -131,7 +131,7 @@ def test_crash_after_create_before_state_write_recovers_by_marker(h, monkeypatch
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(h.store, "add_link", crash)
+    monkeypatch.setattr(h.store, "add_links", crash)
     with pytest.raises(KeyboardInterrupt):
         h.sync()
     assert len(h.world.items) == 1 and h.store.links("p") == []

@@ -13,14 +13,16 @@ the service is down, and the run stops with its cursors unmoved.
 from __future__ import annotations
 
 import logging
-from typing import Callable, TypeVar
+from concurrent.futures import Future
+from typing import Callable, Iterator, TypeVar
 
-from ..connectors import NewRequirement, Requirement, RequirementChange
+from ..connectors import NewRequirement, Requirement, RequirementChange, WriteResult
 from ..errors import ItemError, RateLimitExhausted, RemoteError
 from ..state import Link, StateStore
 from .actions import (Action, AddNote, AgreeBase, CloseManualUpdate, CreateRequirement,
                       LinkRequirement, ManualUpdate, OrphanLink, RecordConflict, ReportProblem,
                       SettleConflict, UpdateDeal, UpdateRequirement)
+from .lanes import Lane
 from .planners import PlanContext, created_at
 from .view import View
 
@@ -28,12 +30,13 @@ log = logging.getLogger("dealsync.engine")
 
 T = TypeVar("T")
 REMOTE_FAILURES_TO_STOP = 3  # service errors in a row that mean the service is down
+LINKS_PER_STEP = 500  # links in a row stored in one transaction (they call no service)
 
 
 class Applier:
     def __init__(self, pair, store: StateStore, ctx: PlanContext, counts: dict[str, int],
                  errors: list[str], notify: Callable[..., None],
-                 progress: Callable[[str, int], None]):
+                 progress: Callable[..., None], concurrent: bool = True):
         self.pair, self.store, self.ctx = pair, store, ctx
         self.name = pair.name
         self.counts, self.errors = counts, errors
@@ -41,6 +44,9 @@ class Applier:
         self.failed: set[tuple[str, str, str]] = set()  # (kind, deal id, requirement id)
         self.succeeded: set[tuple[str, str, str]] = set()  # the same keys, for what went through
         self._remote_failures = 0
+        self._deals_sent = 0
+        self._deals_total: int | None = None  # for progress(what, count, total)
+        self.concurrent = concurrent  # both services at once where the connectors allow
 
     # -- failures --------------------------------------------------------------------------------
     def guarded(self, action: Callable[[], T], kind: str,
@@ -84,6 +90,9 @@ class Applier:
         """Creates and links, each stored as it is confirmed; returns the new links."""
         made: list[Link] = []
         created: dict[str, Requirement] = {}  # by key: a deal may name one created just now
+        pending: list[LinkRequirement] = []
+        if actions:
+            self.progress("created or linked", 0, len(actions))
         for step, action in enumerate(actions, 1):
             if isinstance(action, ReportProblem):
                 req = created.get(action.key)
@@ -95,28 +104,38 @@ class Applier:
                         deal.id, deal.name, req.id, req.key, req.url, req.title,
                         created_at(req), "named"), view))
             elif isinstance(action, LinkRequirement):
-                made.append(self._link(action, view))
+                # links write nothing remote: a run of them is one step (docs/engine.md §6)
+                pending.append(action)
+                following = actions[step] if step < len(actions) else None
+                if len(pending) >= LINKS_PER_STEP or not isinstance(following, LinkRequirement):
+                    made += self._links(pending, view)
+                    pending = []
             elif isinstance(action, CreateRequirement):
                 links = self._create(action, view)
                 made += links
                 if links:
                     created[links[0].req_key] = view.reqs[links[0].req_id]
-            self.progress("links made", step)
+            self.progress("created or linked", step, len(actions))
         return made
 
     def _link(self, action: LinkRequirement, view: View) -> Link:
+        return self._links([action], view)[0]
+
+    def _links(self, actions: list[LinkRequirement], view: View) -> list[Link]:
+        """Links that need no service call, stored in one transaction, then announced."""
         with self.store.transaction():
-            link = self._store_link(action.deal_id, action.req_id, action.req_key,
-                                    action.req_url, action.req_title, action.origin,
-                                    action.req_created, view)
-            if action.shared_title:
-                self.store.add_shared_request(self.name, action.shared_title, action.req_id)
-                self.store.clear_intent(self.name, action.deal_id)
-        self.counts[{"named": "linked", "marker": "relinked", "same_request": "joined"}
-                    [action.via]] += 1
-        self.succeeded.add(("link", action.deal_id, ""))
-        self._announce(action.deal_id, action.req_key, action.req_url, created=False)
-        return link
+            links = self._store_links([(a.deal_id, a.req_id, a.req_key, a.req_url, a.req_title,
+                                        a.origin, a.req_created) for a in actions], view)
+            for action in actions:
+                if action.shared_title:
+                    self.store.add_shared_request(self.name, action.shared_title, action.req_id)
+            self.store.clear_intents(self.name, [a.deal_id for a in actions if a.shared_title])
+        for action in actions:
+            self.counts[{"named": "linked", "marker": "relinked", "same_request": "joined"}
+                        [action.via]] += 1
+            self.succeeded.add(("link", action.deal_id, ""))
+            self._announce(action.deal_id, action.req_key, action.req_url, created=False)
+        return links
 
     def _create(self, action: CreateRequirement, view: View) -> list[Link]:
         first = action.deal_ids[0]
@@ -130,11 +149,10 @@ class Applier:
             return []
         view.keep_req(req, searched=False)
         with self.store.transaction():
-            links = [self._store_link(deal_id, req.id, req.key, req.url, req.title, "created",
-                                      created_at(req), view) for deal_id in action.deal_ids]
+            links = self._store_links([(deal_id, req.id, req.key, req.url, req.title, "created",
+                                        created_at(req)) for deal_id in action.deal_ids], view)
             self.store.add_shared_request(self.name, action.shared_title, req.id)
-            for deal_id in action.deal_ids:
-                self.store.clear_intent(self.name, deal_id)
+            self.store.clear_intents(self.name, action.deal_ids)
         self.counts["created"] += 1
         self.counts["joined"] += len(action.deal_ids) - 1
         self.succeeded.add(("create", first, ""))
@@ -142,15 +160,22 @@ class Applier:
             self._announce(deal_id, req.key, req.url, created=True)
         return links
 
-    def _store_link(self, deal_id: str, req_id: str, key: str, url: str | None,
-                    title: str | None, origin: str, req_created: str | None, view: View) -> Link:
-        link = self.store.add_link(self.name, deal_id, req_id, key, url, title, origin,
-                                   req_created)
-        deal = view.deals.get(deal_id)
-        if deal is not None:
-            self.store.set_deal_context(self.name, deal_id, self.ctx.context_of(deal),
-                                        deal.updated_at)
-        return link
+    def _store_links(self, rows: list[tuple[str, str, str, str | None, str | None, str,
+                                            str | None]], view: View) -> list[Link]:
+        """The links (deal id, requirement id, key, URL, title, origin, creation time) and
+        their deals' contexts, inside the caller's transaction. The view remembers the contexts
+        stored, so ``_store_contexts`` does not write them again."""
+        links = self.store.add_links(self.name, rows)
+        contexts = []
+        for link in links:
+            deal = view.deals.get(link.deal_id)
+            if deal is not None:
+                context = self.ctx.context_of(deal)
+                contexts.append((deal.id, context, deal.updated_at))
+                view.snapshots[deal.id] = context
+                view.seen[deal.id] = deal.updated_at.isoformat()
+        self.store.set_deal_contexts(self.name, contexts)
+        return links
 
     def _announce(self, deal_id: str, key: str, url: str | None, created: bool) -> None:
         self.notify("link_created", pair=self.name, deal_id=deal_id, requirement_key=key,
@@ -164,11 +189,25 @@ class Applier:
                 self._conflict(action)
             elif isinstance(action, ReportProblem):
                 self.report(action)
-        failed_reqs = self._update_requirements(
-            [a for a in actions if isinstance(a, UpdateRequirement)])
-        self._store_contexts(view, failed_reqs)
-        written = self._update_deals([a for a in actions if isinstance(a, UpdateDeal)],
-                                     failed_reqs)
+        deals = [a for a in actions if isinstance(a, UpdateDeal)]
+        self._announce_writes(actions, deals)
+        size = max(1, self.pair.crm.batch_size)
+        crm, tracker = self.pair.crm, self.pair.tracker
+        with Lane(f"dealsync-{crm.name}", self.concurrent and crm.concurrent
+                  and tracker.concurrent) as lane:
+            # Deals that wait for no requirement update go to the CRM on the lane while the
+            # tracker is written, in full batches only, so the batches add up as on one thread.
+            early = [a for a in deals if not a.waits] if lane.enabled else []
+            early = early[:len(early) // size * size]
+            sent = [(batch, lane.submit(crm.update, [(a.deal_id, dict(a.values)) for a in batch]))
+                    for batch in _batches(early, size)]
+            failed_reqs = self._update_requirements(
+                [a for a in actions if isinstance(a, UpdateRequirement)],
+                between=lambda: self._store_sent(sent, wait=False))
+            self._store_contexts(view, failed_reqs)
+            written = self._store_sent(sent, wait=True)
+        taken = {id(a) for a in early}
+        written |= self._update_deals([a for a in deals if id(a) not in taken], failed_reqs)
         self._add_notes([a for a in actions if isinstance(a, AddNote)
                          and (a.deal_id in written or not a.after_update)])
         self._settle([a for a in actions if isinstance(a, SettleConflict)], view, failed_reqs)
@@ -178,11 +217,11 @@ class Applier:
         key, URL, title and creation time the links show (for `links`, `report` and the
         identity check)."""
         with self.store.transaction():
+            agreed = [action.row for action in actions if isinstance(action, AgreeBase)]
+            self.store.set_bases(self.name, agreed)
+            self.counts["agreed"] += len(agreed)
             for action in actions:
-                if isinstance(action, AgreeBase):
-                    self.store.set_base(self.name, *action.row)
-                    self.counts["agreed"] += 1
-                elif isinstance(action, OrphanLink):
+                if isinstance(action, OrphanLink):
                     self.store.orphan_link(self.name, action.deal_id, action.req_id,
                                            action.reason)
                     self.counts["orphaned"] += 1
@@ -216,24 +255,36 @@ class Applier:
             "crm_values": list(action.crm_values), "tracker_value": action.tracker_value,
             "policy": action.policy, "outcome": action.outcome})
 
-    def _update_requirements(self, actions: list[UpdateRequirement]) -> set[str]:
-        """One requirement at a time, each with its bases in one transaction; the failed ids."""
+    def _announce_writes(self, actions: list[Action], deals: list[UpdateDeal]) -> None:
+        """Start the write phase's counters with their totals (docs/engine.md §10)."""
+        updates = sum(isinstance(a, UpdateRequirement) for a in actions)
+        if updates:
+            self.progress("requirements written", 0, updates)
+        if deals:
+            self._deals_total = len(deals)
+            self.progress("deals written", 0, len(deals))
+
+    def _update_requirements(self, actions: list[UpdateRequirement],
+                             between: Callable[[], object] = lambda: None) -> set[str]:
+        """One requirement at a time, each with its bases in one transaction; the failed ids.
+        ``between`` runs after each (it stores what the CRM's lane finished meanwhile)."""
         failed: set[str] = set()
         for step, action in enumerate(actions, 1):
+            between()
             change = RequirementChange(fields=dict(action.fields), description=action.description)
             updated = self.guarded(lambda: self.pair.tracker.update(action.req_id, change),
                                    "update_tracker", [("", action.req_id)])
             if updated is None:
                 failed.add(action.req_id)
+                self.progress("requirements written", step, len(actions))
                 continue
             with self.store.transaction():
-                for row in action.bases:
-                    self.store.set_base(self.name, *row)
+                self.store.set_bases(self.name, action.bases)
                 self.store.update_requirement(self.name, updated.id, updated.key, updated.url,
                                               updated.title)
             self.counts["updated_tracker"] += 1
             self.succeeded.add(("update_tracker", "", action.req_id))
-            self.progress("requirements written", step)
+            self.progress("requirements written", step, len(actions))
         return failed
 
     def _store_contexts(self, view: View, failed_reqs: set[str]) -> None:
@@ -241,14 +292,15 @@ class Applier:
         requirement could not be written keeps its old context, so the next run tries again."""
         failed_deals = {link.deal_id for link in view.links if link.req_id in failed_reqs}
         linked = view.linked_deal_ids()
+        rows = []
+        for deal_id, deal in view.deals.items():
+            if deal_id in linked and deal_id not in failed_deals:
+                context = self.ctx.context_of(deal)
+                if view.snapshots.get(deal_id) != context or \
+                        view.seen.get(deal_id) != deal.updated_at.isoformat():
+                    rows.append((deal_id, context, deal.updated_at))
         with self.store.transaction():
-            for deal_id, deal in view.deals.items():
-                if deal_id in linked and deal_id not in failed_deals:
-                    context = self.ctx.context_of(deal)
-                    if view.snapshots.get(deal_id) != context or \
-                            view.seen.get(deal_id) != deal.updated_at.isoformat():
-                        self.store.set_deal_context(self.name, deal_id, context,
-                                                    deal.updated_at)
+            self.store.set_deal_contexts(self.name, rows)
 
     def _update_deals(self, actions: list[UpdateDeal], failed_reqs: set[str]) -> set[str]:
         """Batches of the CRM's batch size, each stored before the next; the deal ids written
@@ -263,36 +315,51 @@ class Applier:
             if action is not None:
                 ready.append(action)
         written: set[str] = set()
-        size = max(1, self.pair.crm.batch_size)
-        for start in range(0, len(ready), size):
-            batch = ready[start:start + size]
-            results = self.guarded(
-                lambda: self.pair.crm.update([(a.deal_id, dict(a.values)) for a in batch]),
-                "update_crm", [(a.deal_id, "") for a in batch])
-            if results is None:
-                continue
+        for batch in _batches(ready, max(1, self.pair.crm.batch_size)):
+            written |= self._store_batch(batch, lambda: self.pair.crm.update(
+                [(a.deal_id, dict(a.values)) for a in batch]))
+        return written - partial
+
+    def _store_sent(self, sent: list[tuple[list[UpdateDeal], Future]], wait: bool) -> set[str]:
+        """Store the batches the lane has answered, in the order they were sent (all of them
+        if ``wait``), taking each off ``sent``; the deal ids written."""
+        written: set[str] = set()
+        while sent and (wait or sent[0][1].done()):
+            batch, future = sent.pop(0)
+            written |= self._store_batch(batch, future.result)
+        return written
+
+    def _store_batch(self, batch: list[UpdateDeal],
+                     send: Callable[[], list[WriteResult]]) -> set[str]:
+        """One CRM batch write: sent (or its answer taken), then stored before the next; the
+        deal ids written."""
+        written: set[str] = set()
+        results = self.guarded(send, "update_crm", [(a.deal_id, "") for a in batch])
+        if results is not None:
+            ok = [(action, result) for action, result in zip(batch, results) if result.ok]
             with self.store.transaction():
-                for action, result in zip(batch, results):
-                    if result.ok:
-                        for row in action.bases:
-                            self.store.set_base(self.name, *row)
-                        if result.updated_at is not None:  # our write moved its modified time
-                            self.store.set_deal_seen(self.name, action.deal_id,
-                                                     result.updated_at)
-                        written.add(action.deal_id)
-                        self.succeeded.add(("update_crm", action.deal_id, ""))
+                self.store.set_bases(self.name, [row for action, _ in ok for row in action.bases])
+                # our write moved each deal's modified time
+                self.store.set_deals_seen(self.name, [(action.deal_id, result.updated_at)
+                                                      for action, result in ok
+                                                      if result.updated_at is not None])
+            for action, _ in ok:
+                written.add(action.deal_id)
+                self.succeeded.add(("update_crm", action.deal_id, ""))
             for action, result in zip(batch, results):
                 if not result.ok:
                     self.fail("update_crm", action.deal_id, "", result.error)  # type: ignore[arg-type]
             self.counts["updated_crm"] += sum(result.ok for result in results)
-            self.progress("deals written", start + len(batch))
-        return written - partial
+        self._deals_sent += len(batch)
+        self.progress("deals written", self._deals_sent, self._deals_total)
+        return written
 
     def _add_notes(self, actions: list[AddNote]) -> None:
         """Notes tell sales what changed, after the values are written. A note that fails is
         logged, never retried, so a flaky notes endpoint cannot hold up the values."""
         if not actions:
             return
+        self.progress("notes written", 0, len(actions))
         try:
             results = self.pair.crm.add_notes([(a.deal_id, a.text) for a in actions])
         except (ItemError, RemoteError) as exc:
@@ -305,6 +372,7 @@ class Applier:
                 self.counts["notes"] += 1
             else:
                 log.warning("deal %s: note not added: %s", result.id, result.error)
+        self.progress("notes written", len(actions), len(actions))
 
     def _settle(self, actions: list[SettleConflict], view: View, failed_reqs: set[str]) -> None:
         """A chosen or converged conflict is closed once its requirement's writes went through;
@@ -315,6 +383,11 @@ class Applier:
                 deals = {link.deal_id for link in view.links if link.req_id == action.req_id}
                 if action.req_id not in failed_reqs and not deals & failed_deals:
                     self.store.mark_conflict_applied(action.conflict_id)
+
+
+def _batches(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def preview_links(actions: list[Action], pair: str, after_seq: int) -> list[Link]:

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
+from concurrent.futures import Future
+from typing import Callable, Iterable, TypeVar
 
 from ..connectors import Deal, make_marker
 from ..errors import SafetyStop
 from ..state import StateStore
 from .actions import Action, UpdateDeal, UpdateRequirement
+from .lanes import Lane
 from .view import View
 
 log = logging.getLogger("dealsync.engine")
+T = TypeVar("T")
+U = TypeVar("U")
 
 SAFETY_SAMPLE = 5  # linked records probed when a side returns nothing
 PROGRESS_EVERY = 200
+CONTEXT_SETTINGS = "context:settings"  # the position holding the block settings' fingerprint
 # Changes are read up to this far past the run's start: a service whose clock runs ahead of
 # this machine's stamps a change made now in what is our future, and reading only up to our
 # "now" would leave it for a later run. Cursors still never move past the run's start.
@@ -32,7 +37,7 @@ READ_AHEAD = timedelta(hours=1)
 
 class Reader:
     def __init__(self, pair, store: StateStore, started: datetime, force: bool,
-                 progress: Callable[[str, int], None]):
+                 progress: Callable[..., None], concurrent: bool = True):
         self.pair = pair
         self.store = store
         self.started = started
@@ -42,6 +47,19 @@ class Reader:
         self.counts = {"deals_read": 0, "requirements_read": 0}
         self.verify: dict[str, list[str]] = {"crm": [], "tracker": []}
         self.positions: dict[str, int] = {}
+        # reads of the two services overlap where both connectors allow (lanes.py)
+        self.concurrent = concurrent and pair.crm.concurrent and pair.tracker.concurrent
+
+    def _both(self, tracker_read: Callable[[Lane], T], crm_read: Callable[[Future], U]
+              ) -> tuple[U, T]:
+        """``tracker_read`` on a lane while ``crm_read`` runs here; both results. Without a
+        lane the tracker is read second, as on one thread. ``crm_read`` is handed the
+        tracker's future (to stop early if it failed), ``tracker_read`` the lane (to stop
+        early if the run does)."""
+        with Lane(f"dealsync-{self.pair.tracker.name}", self.concurrent) as lane:
+            tracker = lane.submit(tracker_read, lane)
+            crm = crm_read(tracker)
+            return crm, tracker.result()
 
     # -- what the store remembers ---------------------------------------------------------------
     def load(self, retry_all: bool) -> View:
@@ -55,10 +73,28 @@ class Reader:
                     manual={(m["req_id"], m["field"]): m for m in store.manual_updates(name)},
                     key_prefix=self.pair.tracker.key_prefix())
 
+    def rewrite_blocks_if_settings_changed(self, view: View) -> None:
+        """When the mapping's block settings (columns, titles, language) are not those the
+        store last wrote blocks with, every linked requirement is read and its block planned
+        again, once: otherwise a block would change only when its requirement next does."""
+        fingerprint = self.pair.mapping.context_fingerprint()
+        self.positions[CONTEXT_SETTINGS] = fingerprint
+        if self.store.position(self.pair.name, CONTEXT_SETTINGS) != fingerprint:
+            view.forced_reqs |= {link.req_id for link in view.links if not link.orphaned}
+
     # -- what changed ---------------------------------------------------------------------------
-    def read_deals(self, view: View) -> datetime | None:
-        """Stream changed deals, keeping those that take part; return the new cursor."""
-        cursor = self.store.cursor(self.pair.name, "crm")
+    def read_changes(self, view: View) -> tuple[datetime | None, datetime | None]:
+        """Read what changed on both sides at once (``_both``); the new CRM and tracker
+        cursors."""
+        crm_cursor = self.store.cursor(self.pair.name, "crm")
+        tracker_cursor = self.store.cursor(self.pair.name, "tracker")
+        return self._both(lambda lane: self.read_requirements(view, tracker_cursor, lane),
+                          lambda tracker: self.read_deals(view, crm_cursor, tracker))
+
+    def read_deals(self, view: View, cursor: datetime | None,
+                   other: Future | None = None) -> datetime | None:
+        """Stream changed deals, keeping those that take part; return the new cursor. An error
+        on ``other`` (the tracker's read on its lane) stops this read at once."""
         since = cursor - self.pair.crm_lookback if cursor else None
         linked = view.linked_deal_ids()
         crm = self.pair.crm
@@ -67,6 +103,7 @@ class Reader:
         changes = (crm.iter_changed(since, until, self.properties, with_context=False)
                    if deferred else crm.iter_changed(since, until, self.properties))
         seen, latest, kept = 0, cursor, []
+        self.progress("deals read", 0)
         for deal in changes:
             seen += 1
             latest = max(latest, deal.updated_at) if latest else deal.updated_at
@@ -75,21 +112,28 @@ class Reader:
                 kept.append(deal)
             if seen % PROGRESS_EVERY == 0:
                 self.progress("deals read", seen)
+                if other is not None and other.done() and other.exception() is not None:
+                    raise other.exception()  # type: ignore[misc]
         self.progress("deals read", seen)
         self.counts["deals_read"] = seen
         if deferred:
-            self._complete_context(view, [d for d in kept if view.deals[d.id] is d], deferred)
+            self._complete_context(view, [d for d in kept if view.deals.get(d.id) is d],
+                                   deferred)
         view.forced_deals = {f["deal_id"] for f in view.due if f["deal_id"]}
         self.fetch_deals(view, view.forced_deals)
         return min(latest, self.started) if latest else None
 
-    def read_requirements(self, view: View) -> datetime | None:
-        """Stream changed requirements, keeping the linked ones; return the new cursor."""
-        cursor = self.store.cursor(self.pair.name, "tracker")
+    def read_requirements(self, view: View, cursor: datetime | None,
+                          lane: Lane | None = None) -> datetime | None:
+        """Stream changed requirements, keeping the linked ones; return the new cursor. It
+        may run on a lane: it touches the tracker and the view's requirements, nothing else."""
         since = cursor - self.pair.tracker_lookback if cursor else None
         linked = view.linked_req_ids()
         seen, latest = 0, cursor
+        self.progress("requirements read", 0)
         for req in self.pair.tracker.iter_changed(since, self.started + READ_AHEAD):
+            if lane is not None and lane.stopping.is_set():
+                return None  # the run is stopping; nothing read here will be used
             seen += 1
             latest = max(latest, req.updated_at) if latest else req.updated_at
             if req.id in linked:
@@ -98,8 +142,8 @@ class Reader:
                 self.progress("requirements read", seen)
         self.progress("requirements read", seen)
         self.counts["requirements_read"] = seen
-        view.forced_reqs = ({f["req_id"] for f in view.due if f["req_id"]}
-                            | {c["req_id"] for c in view.resolved})
+        view.forced_reqs |= ({f["req_id"] for f in view.due if f["req_id"]}
+                             | {c["req_id"] for c in view.resolved})
         self.fetch_reqs(view, view.forced_reqs)
         return min(latest, self.started) if latest else None
 
@@ -120,7 +164,9 @@ class Reader:
             self.pair.crm.fill_context(missing)
 
     def fetch_deals(self, view: View, ids: Iterable[str]) -> None:
-        ids = sorted(set(ids) - set(view.deals))
+        """Read these deals by id, unless already read (or found gone or merged away: a merged
+        id reads as a tombstone, and ``keep_deal`` orphans its links, docs/hubspot.md §15)."""
+        ids = sorted(set(ids) - set(view.deals) - {i for side, i in view.gone if side == "crm"})
         if not ids:
             return
         found = self.pair.crm.fetch(ids, self.properties)
@@ -179,8 +225,8 @@ class Reader:
 
     def read_verified(self, view: View) -> None:
         """Read the chosen slice, with context, unless this run's search already did."""
-        self.fetch_deals(view, self.verify["crm"])
-        self.fetch_reqs(view, self.verify["tracker"])
+        self._both(lambda _: self.fetch_reqs(view, self.verify["tracker"]),
+                   lambda _: self.fetch_deals(view, self.verify["crm"]))
 
     # -- look-ups the planners need ------------------------------------------------------------
     def resolve_keys(self, view: View, keys: list[str]) -> None:
@@ -213,9 +259,10 @@ class Reader:
     def complete(self, view: View, touched: set[str]) -> None:
         """Fetch the requirements to merge and every deal linked to them: fresh values on both
         sides of every link before any field is planned."""
-        self.fetch_reqs(view, touched)
         live = [link for link in view.current_links() if not link.orphaned]
-        self.fetch_deals(view, (link.deal_id for link in live if link.req_id in touched))
+        self._both(lambda _: self.fetch_reqs(view, touched),
+                   lambda _: self.fetch_deals(view, [link.deal_id for link in live
+                                                     if link.req_id in touched]))
 
     def refresh_before_write(self, view: View, actions: list[Action]) -> int:
         """Read once more, by id, the records about to be written that only a search showed;
@@ -229,17 +276,24 @@ class Reader:
                           & view.searched_deals)
         req_ids = sorted({a.req_id for a in actions if isinstance(a, UpdateRequirement)}
                          & view.searched_reqs)
+        fresh, fresh_reqs = self._both(
+            lambda _: self.pair.tracker.fetch(req_ids) if req_ids else {},
+            lambda _: self.pair.crm.fetch(deal_ids, self.properties, with_context=False)
+            if deal_ids else {})
         moved = 0
         if deal_ids:
-            fresh = self.pair.crm.fetch(deal_ids, self.properties, with_context=False)
             for deal_id, deal in fresh.items():
+                if deal.merged_into is not None:  # merged away since the search: never written
+                    view.keep_deal(deal, searched=False)
+                    moved += 1
+                    continue
                 old = view.deals[deal_id]
                 view.searched_deals.discard(deal_id)
                 if deal.fields != old.fields:
                     old.fields, old.updated_at = deal.fields, deal.updated_at  # context stays
                     moved += 1
         if req_ids:
-            for req_id, req in self.pair.tracker.fetch(req_ids).items():
+            for req_id, req in fresh_reqs.items():
                 old = view.reqs[req_id]
                 view.keep_req(req, searched=False)
                 if (req.fields, req.description, req.title) != (old.fields, old.description,

@@ -17,6 +17,7 @@ what the deals behind it wait for.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,11 +31,12 @@ from ..state import StateStore, now_utc
 from . import guards, planners
 from .actions import Action, CreateRequirement, ManualUpdate, describe_plan
 from .apply import Applier, preview_links
+from .collector import fewer_collections
 from .grammar import GENERIC_KEY, KeyPattern
 from .read import Reader
 from .view import View
 
-Progress = Callable[[str, int], None]
+Progress = Callable[..., None]  # progress(what, count, total=None): docs/engine.md §10
 Notify = Callable[..., None]
 
 DEFAULT_MAX_CREATES = 50
@@ -74,6 +76,7 @@ class Options:
     retry_all: bool = False  # `dealsync retry`: every queued item, due or not
     scan_markers: bool = False  # look for earlier creates before every create (restored state)
     record_actions: bool = False  # put the applied actions in the summary (dry runs always do)
+    concurrent: bool = True  # both services at once where the connectors allow (lanes.py)
     progress: Progress | None = None
     notify: Notify | None = None  # lifecycle hooks: notify("link_created", pair=..., ...)
 
@@ -112,7 +115,8 @@ class Run:
         self.store.lock(self.pair.name)
         status = "error"
         try:
-            status = self._run()
+            with fewer_collections():
+                status = self._run()
         except DealsyncError as exc:
             status = "stopped"
             self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -129,22 +133,25 @@ class Run:
     def _run(self) -> str:
         ctx = planners.PlanContext(self.pair.name, self.pair.tracker.name, self.pair.mapping,
                                    key_pattern(self.pair), unwritable(self.pair))
-        reader = Reader(self.pair, self.store, self.started, self.options.force, self._progress)
+        reader = Reader(self.pair, self.store, self.started, self.options.force, self._progress,
+                        self.options.concurrent)
         view = reader.load(self.options.retry_all)
         existing_seq = max((link.seq for link in view.links), default=0)
         reader.verify_slice(view)
-        crm_cursor = reader.read_deals(view)
-        tracker_cursor = reader.read_requirements(view)
+        reader.rewrite_blocks_if_settings_changed(view)
+        crm_cursor, tracker_cursor = reader.read_changes(view)
         self.counts.update(reader.counts)
         reader.probe_empty_sides(view)
         reader.read_verified(view)
 
+        self._progress("actions planned", 0)
         link_actions = self._plan_links(reader, view, ctx)
         field_actions = self._plan_fields(reader, view, ctx)
+        self._progress("actions planned", len(link_actions) + len(field_actions))
         self._judge(link_actions + field_actions, view, existing_seq)
 
         applier = Applier(self.pair, self.store, ctx, self.counts, self.errors, self._notify,
-                          self._progress)
+                          self._progress, self.options.concurrent)
         if self.options.dry_run:
             new_links = preview_links(link_actions, self.pair.name, existing_seq)
             self.waiting = [f"phase two waits for {a.title!r} to be created: its deals "
@@ -155,7 +162,9 @@ class Run:
         self.actions += link_actions
         if new_links:  # phase two again, with the requirements the new links brought in
             view.add_links(new_links)
+            self._progress("actions planned", 0)
             field_actions = self._plan_fields(reader, view, ctx)
+            self._progress("actions planned", len(field_actions))
             self._judge(field_actions, view, existing_seq)
         self.actions += field_actions
         if self.options.dry_run:
@@ -251,9 +260,24 @@ class Run:
         if self.options.notify is not None:
             self.options.notify(hook, **kwargs)
 
-    def _progress(self, what: str, count: int) -> None:
-        if self.options.progress is not None:
-            self.options.progress(what, count)
+    def _progress(self, what: str, count: int, total: int | None = None) -> None:
+        hook = self.options.progress
+        if hook is None:
+            return
+        if total is not None and _takes_total(hook):
+            hook(what, count, total)
+        else:  # a hook written for progress(what, count) keeps working
+            hook(what, count)
+
+
+def _takes_total(hook: Callable[..., None]) -> bool:
+    """Whether ``hook`` accepts ``progress(what, count, total)``."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: assume the current one
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def run_pair(pair: Pair, store: StateStore, options: Options | None = None) -> dict[str, Any]:

@@ -231,20 +231,31 @@ class StateStore:
 
     def add_link(self, pair: str, deal_id: str, req_id: str, req_key: str, req_url: str | None,
                  req_title: str | None, origin: str, req_created: str | None = None) -> Link:
+        return self.add_links(pair, [(deal_id, req_id, req_key, req_url, req_title, origin,
+                                      req_created)])[0]
+
+    def add_links(self, pair: str, rows: list[tuple[str, str, str, str | None, str | None, str,
+                                                    str | None]]) -> list[Link]:
+        """``add_link`` for many (deal id, requirement id, key, URL, title, origin, creation
+        time) rows, numbered in order from one look-up of the highest ``seq``."""
         # One numbering over all pairs. Workers on other pairs may draw the same number at the
         # same moment; only the order within a pair matters (its runs never overlap).
-        seq = self._value("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM links")
+        first = self._value("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM links")
         created = ts(now_utc())
-        self._exec(
-            "INSERT INTO links (pair, deal_id, req_id, req_key, req_url, req_title, origin,"
-            " created_at, seq, req_created) VALUES (?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (pair, deal_id, req_id) DO UPDATE"
-            " SET req_key=excluded.req_key, req_url=excluded.req_url,"
-            " req_title=excluded.req_title, req_created=excluded.req_created, orphaned=NULL",
-            (pair, deal_id, req_id, req_key, req_url, req_title, origin, created, seq,
-             req_created))
-        return Link(pair, deal_id, req_id, req_key, req_url, req_title, origin, created, None,
-                    seq, req_created)
+        links = [Link(pair, deal_id, req_id, req_key, req_url, req_title, origin, created, None,
+                      first + n, req_created)
+                 for n, (deal_id, req_id, req_key, req_url, req_title, origin, req_created)
+                 in enumerate(rows)]
+        if links:
+            self._many(
+                "INSERT INTO links (pair, deal_id, req_id, req_key, req_url, req_title, origin,"
+                " created_at, seq, req_created) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (pair, deal_id, req_id) DO UPDATE"
+                " SET req_key=excluded.req_key, req_url=excluded.req_url,"
+                " req_title=excluded.req_title, req_created=excluded.req_created, orphaned=NULL",
+                [(pair, link.deal_id, link.req_id, link.req_key, link.req_url, link.req_title,
+                  link.origin, created, link.seq, link.req_created) for link in links])
+        return links
 
     def set_req_created(self, pair: str, req_id: str, created: str) -> None:
         """Record when the tracker created a requirement linked before this was known."""
@@ -279,12 +290,20 @@ class StateStore:
 
     def set_base(self, pair: str, deal_id: str, req_id: str, field: str,
                  crm_value: str | None, tracker_value: str | None) -> None:
-        self._exec(
-            "INSERT INTO bases (pair, deal_id, req_id, field, crm_value, tracker_value,"
-            " updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (pair, deal_id, req_id, field)"
-            " DO UPDATE SET crm_value=excluded.crm_value, tracker_value=excluded.tracker_value,"
-            " updated_at=excluded.updated_at",
-            (pair, deal_id, req_id, field, crm_value, tracker_value, ts(now_utc())))
+        self.set_bases(pair, [(deal_id, req_id, field, crm_value, tracker_value)])
+
+    def set_bases(self, pair: str, rows: Iterable[tuple[str, str, str, str | None,
+                                                         str | None]]) -> None:
+        """``set_base`` for many (deal id, requirement id, field, crm value, tracker value)
+        rows in one statement: a step's bases are stored together anyway."""
+        now = ts(now_utc())
+        rows = [(pair, *row, now) for row in rows]
+        if rows:
+            self._many(
+                "INSERT INTO bases (pair, deal_id, req_id, field, crm_value, tracker_value,"
+                " updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (pair, deal_id, req_id, field)"
+                " DO UPDATE SET crm_value=excluded.crm_value,"
+                " tracker_value=excluded.tracker_value, updated_at=excluded.updated_at", rows)
 
     def deal_contexts(self, pair: str) -> dict[str, dict[str, Any]]:
         rows = self._rows("SELECT deal_id, context FROM deal_context WHERE pair=?", (pair,))
@@ -292,8 +311,13 @@ class StateStore:
 
     def set_deal_seen(self, pair: str, deal_id: str, updated_at: datetime) -> None:
         """After our own write: the deal's context is unchanged as of this modified time."""
-        self._exec("UPDATE deal_context SET updated_at=? WHERE pair=? AND deal_id=?",
-                   (ts(updated_at), pair, deal_id))
+        self.set_deals_seen(pair, [(deal_id, updated_at)])
+
+    def set_deals_seen(self, pair: str, seen: Iterable[tuple[str, datetime]]) -> None:
+        """``set_deal_seen`` for a batch of (deal id, modified time), in one statement."""
+        rows = [(ts(updated_at), pair, deal_id) for deal_id, updated_at in seen]
+        if rows:
+            self._many("UPDATE deal_context SET updated_at=? WHERE pair=? AND deal_id=?", rows)
 
     def deal_context_times(self, pair: str) -> dict[str, str]:
         """Deal id -> its modified time (ISO) when its context was stored."""
@@ -303,10 +327,17 @@ class StateStore:
 
     def set_deal_context(self, pair: str, deal_id: str, context: dict[str, Any],
                          updated_at: datetime | None = None) -> None:
-        self._exec("INSERT INTO deal_context (pair, deal_id, context, updated_at)"
-                   " VALUES (?,?,?,?) ON CONFLICT (pair, deal_id) DO UPDATE"
-                   " SET context=excluded.context, updated_at=excluded.updated_at",
-                   (pair, deal_id, json.dumps(context), ts(updated_at) if updated_at else None))
+        self.set_deal_contexts(pair, [(deal_id, context, updated_at)])
+
+    def set_deal_contexts(self, pair: str, rows: Iterable[tuple[str, dict[str, Any],
+                                                                datetime | None]]) -> None:
+        """``set_deal_context`` for many (deal id, context, modified time), in one statement."""
+        args = [(pair, deal_id, json.dumps(context), ts(updated_at) if updated_at else None)
+                for deal_id, context, updated_at in rows]
+        if args:
+            self._many("INSERT INTO deal_context (pair, deal_id, context, updated_at)"
+                       " VALUES (?,?,?,?) ON CONFLICT (pair, deal_id) DO UPDATE"
+                       " SET context=excluded.context, updated_at=excluded.updated_at", args)
 
     # -- create intents -------------------------------------------------------------------------
     def add_intents(self, pair: str, deal_ids: list[str], markers: list[str],
@@ -321,7 +352,12 @@ class StateStore:
                         for deal_id, marker in zip(deal_ids, markers)])
 
     def clear_intent(self, pair: str, deal_id: str) -> None:
-        self._exec("DELETE FROM intents WHERE pair=? AND deal_id=?", (pair, deal_id))
+        self.clear_intents(pair, [deal_id])
+
+    def clear_intents(self, pair: str, deal_ids: Iterable[str]) -> None:
+        rows = [(pair, deal_id) for deal_id in deal_ids]
+        if rows:
+            self._many("DELETE FROM intents WHERE pair=? AND deal_id=?", rows)
 
     def intents(self, pair: str) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM intents WHERE pair=?", (pair,))
