@@ -10,7 +10,13 @@ built before the clock starts, so the loop is the least any client could spend o
 Both sides alternate, ``--repeat`` times each, and the medians give the ratio (target
 <= 1.3). Both sides get the same answers: the replay checks every status against the log.
 
+On loopback an answer takes about 2 ms, so dealsync's own CPU per request (planning, the
+state store, parsing) weighs as much as it ever can; ``--latency-ms`` adds a round trip to
+every answer of both sides alike, as the network to a SaaS API does, and dealsync's lanes then
+overlap the two services where the bare loop cannot.
+
     python benchmarks/replay.py [--deals 1000] [--new 300] [--keys 10] [--repeat 5]
+    python benchmarks/replay.py --latency-ms 20  # a round trip of 20 ms on every answer
     python benchmarks/replay.py --profile 25     # and where dealsync's own CPU goes (cProfile)
 """
 
@@ -168,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new", type=int, default=300, help="distinct new requirements")
     parser.add_argument("--keys", type=int, default=10, help="existing requirements named")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each side, alternating")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="a network round trip the emulators add to every answer, for "
+                             "both sides alike (default 0: loopback)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile one sync and print its N costliest functions")
     args = parser.parse_args(argv)
@@ -177,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     pingcode.start()
     emulators = {"hubspot": hubspot, "pingcode": pingcode}
     recorder = Recorder(emulators)
+    for emulator in emulators.values():
+        emulator.latency_s = args.latency_ms / 1000
     try:
         prepare(hubspot, pingcode, mapping, args.deals, args.new, args.keys)
         recorder.clear()
@@ -225,7 +236,9 @@ def report(args: argparse.Namespace, summary: dict[str, Any], calls: list[dict[s
           f"{summary['status']}; {counts}")
     print(f"requests: {len(calls)} (HubSpot {by_emu['hubspot']}, PingCode "
           f"{by_emu['pingcode']}), the same in every run, statuses equal in the replay")
-    print(f"runs alternated, {args.repeat} of each; medians:")
+    where = (f"{args.latency_ms:g} ms added to every answer" if args.latency_ms
+             else "loopback, no latency added")
+    print(f"runs alternated, {args.repeat} of each, {where}; medians:")
     print(f"  dealsync sync      {sync_m:6.2f} s  ({' '.join(f'{t:.2f}' for t in sync_s)}); "
           f"emulators answering {statistics.median(sync_server):.2f} s")
     print(f"  bare requests loop {replay_m:6.2f} s  ({' '.join(f'{t:.2f}' for t in replay_s)}); "

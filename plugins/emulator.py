@@ -25,6 +25,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -194,6 +195,9 @@ class Emulator:
         self.config: dict[str, Any] = {}
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
+        #: a network round trip added to every answer (outside the lock, as a real network
+        #: adds it): benchmarks compare clients at a realistic latency, not only on loopback
+        self.latency_s = 0.0
         self._install_control_routes()
         self.install_routes()
         self.reset(seed)
@@ -354,6 +358,12 @@ class Emulator:
             def log_message(self, *args: Any) -> None:  # the request log replaces stderr noise
                 pass
 
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                """The Date header tells the emulator's own time, virtual or not, as a real
+                service tells its clock (dealsync reads it: sync.connectors.service_now)."""
+                when = emulator.clock.now().timestamp() if timestamp is None else timestamp
+                return formatdate(when, usegmt=True)
+
             def _handle(self) -> None:
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
@@ -361,6 +371,8 @@ class Emulator:
                 req = Request(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
                               {k.lower(): v for k, v in self.headers.items()}, raw)
                 response = emulator.dispatch(req)
+                if emulator.latency_s:
+                    time.sleep(emulator.latency_s)
                 if response is None:
                     self.close_connection = True
                     self.connection.close()

@@ -252,6 +252,13 @@ class Connector:
             limits[bucket] = RateLimit(int(spec["calls"]), float(spec["per_seconds"]))
         return limits
 
+    def service_now(self) -> datetime | None:
+        """The service's own clock as of its latest answer to any of ``clients`` (None when
+        unknown: no answer yet, or no Date header). The engine moves a read's cursor by it,
+        never by this machine's clock, so a service whose clock is off is read right."""
+        times = [t for t in (client.server_time() for client in self.clients) if t is not None]
+        return max(times) if times else None
+
     def api_calls(self) -> dict[str, int]:
         """API calls made so far, by endpoint label, over every HTTP client in ``clients``."""
         total = Counter(self.calls)

@@ -24,6 +24,8 @@ def test_run_all_quick_writes_every_scenario(tmp_path):
     assert "quiet run inside the lookback" in text and "quiet run after the lookback" in text
     assert "fewest; made" in text  # each quiet run's calls beside the fewest, with arithmetic
     assert "statuses equal in the replay" in text and "(limit 1.30)" in text
+    assert "20 ms added to every answer" in text
+    assert "lanes on :" in text and "lanes off:" in text and "floor with lanes" in text
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick",
                             "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and out.read_text().count("<!-- run_all: begin -->") == 1

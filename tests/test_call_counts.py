@@ -97,3 +97,26 @@ def test_backfill_quiet_run_and_key_heavy_run(stack):
         "POST /v1/pjm/work_items": 10,
         "PATCH /v1/pjm/work_items/{id}": 3,
         "GET /v1/pjm/projects/{id}/versions": 1}
+
+
+def test_a_quiet_run_after_the_lookback_costs_one_search_page(stack):
+    """The cursor moves to the service's own time (its Date header) when a read began, so once
+    the last burst is a lookback old a quiet HubSpot run reads one empty search page, and the
+    verify slice shows the side answers: no probe read."""
+    hubspot, pingcode, store = stack
+    deals(hubspot, [f"SCR-{n % 3 + 1}, site {n}" for n in range(450)])  # 3 search pages
+    sync(hubspot, pingcode, store)
+    for minutes in (2, 11):  # inside the lookback, then the first run past it
+        for emulator in (hubspot, pingcode):
+            emulator.clock.advance(minutes * 60 * 1000)
+        summary, crm, _ = sync(hubspot, pingcode, store)
+        assert summary["counts"]["deals_read"] == 450  # the backfill's burst, read again
+        assert crm["POST /crm/v3/objects/deals/search"] == 3
+    for emulator in (hubspot, pingcode):
+        emulator.clock.advance(5 * 60 * 1000)
+    summary, crm, _ = sync(hubspot, pingcode, store)
+    assert summary["status"] == "ok" and summary["counts"]["deals_read"] == 0
+    assert crm == {"POST /crm/v3/objects/deals/search": 1,  # one empty page
+                   "POST /crm/v3/objects/deals/batch/read": 1,  # the verify slice: 100 deals
+                   "POST /crm/v4/associations/deals/companies/batch/read": 1,  # their companies
+                   "GET /crm/v3/pipelines/deals": 1}

@@ -667,3 +667,27 @@ def test_plain_http_to_another_machine_is_refused(url):
                                  "http://localhost:9000", "http://[::1]:8080"])
 def test_https_and_emulators_on_this_machine_are_accepted(url):
     assert HttpClient("rd", url).base_url == url
+
+
+def test_the_environment_is_read_once_per_host_and_still_honoured(mock, monkeypatch):
+    """Proxies and a CA bundle from the environment apply as requests would apply them, but
+    the environment is read once per host, not on every call, and ~/.netrc never is."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example.test")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp-ca.pem")
+    lookups = []
+    real = requests.utils.get_environ_proxies
+    monkeypatch.setattr(requests.utils, "get_environ_proxies",
+                        lambda url, no_proxy=None: lookups.append(url) or real(url, no_proxy))
+    http = HttpClient("rd", BASE, sleep=lambda s: None)
+    mock.add("GET", f"{BASE}/items", json={})
+    mock.add("GET", "https://direct.example.test/x", json={})
+    for _ in range(3):
+        http.json("GET", "/items")
+    http.json("GET", "https://direct.example.test/x")
+    sent = [call.request.req_kwargs for call in mock.calls]
+    assert sent[0]["proxies"]["https"] == "http://proxy.internal:3128"
+    assert sent[3]["proxies"] == {}  # NO_PROXY
+    assert all(kwargs["verify"] == "/etc/ssl/corp-ca.pem" for kwargs in sent)
+    assert lookups == ["https://api.example.test", "https://direct.example.test"]  # per host
+    assert http._session.trust_env is False  # so no ~/.netrc credentials are ever added

@@ -266,7 +266,7 @@ def test_fetch_raises_when_it_could_not_ask(ready, status, body):
     assert not isinstance(caught.value, NotFound)
 
 
-def test_iter_changed_searches_from_the_start_of_the_day_and_filters_client_side(ready):
+def test_iter_changed_searches_from_the_start_of_the_day_and_keeps_the_whole_day(ready):
     since = datetime(2025, 3, 3, 1, 0, tzinfo=timezone.utc)  # 09:00 Beijing
     until = datetime(2025, 3, 3, 5, 0, tzinfo=timezone.utc)
     page0 = [item(item_id=f"{n:024x}", identifier=f"SCR-{n}", updated_at=NOW + n * 60 - 3000)
@@ -283,8 +283,9 @@ def test_iter_changed_searches_from_the_start_of_the_day_and_filters_client_side
         "project.id": {"in": [PID]}, "type": {"in": ["story"]},
         "updated_at": {"gte": start_of_day(since)}}
     assert start_of_day(since) == 1740931200  # 2025-03-03T00:00+08:00
-    # older than since dropped (n < 50), the page-boundary repeat once, the future one dropped
-    assert got == [f"SCR-{n}" for n in range(50, 100)] + ["SCR-998"]
+    # the day's items before since kept (paid for, and they spare reads by id), the
+    # page-boundary repeat once, the one past until dropped
+    assert got == [f"SCR-{n}" for n in range(100)] + ["SCR-998"]
 
 
 def test_iter_changed_without_since_reads_the_whole_project(ready):

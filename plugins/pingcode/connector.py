@@ -358,9 +358,11 @@ class PingCodeConnector(TrackerConnector):
     # -- reading ----------------------------------------------------------------------------------
     def iter_changed(self, since: datetime | None, until: datetime) -> Iterator[Requirement]:
         """Search ``updated_at gte`` the start of ``since``'s day (the filter is day-granular;
-        Ship's ``updated_at`` is a time field of the same DSL), drop what is older than ``since``
-        or newer than ``until``, and de-duplicate by (id, updated_at) because offset paging over
-        unsorted, changing rows can repeat them (docs/pingcode.md §12; also §8, §10)."""
+        Ship's ``updated_at`` is a time field of the same DSL), drop what is newer than
+        ``until``, and de-duplicate by (id, updated_at) because offset paging over unsorted,
+        changing rows can repeat them (docs/pingcode.md §12; also §8, §10). What the day
+        brings from before ``since`` is kept: its pages are paid for, and a linked item among
+        them needs no read by id this run (the verify slice)."""
         wf = self.workflow()
         filters: dict[str, Any] = dict(wf.scope_filter)
         if wf.type_id is not None:
@@ -374,7 +376,7 @@ class PingCodeConnector(TrackerConnector):
                 continue
             seen.add(key)
             req = self._requirement(raw)
-            if (since is None or req.updated_at >= since) and req.updated_at <= until:
+            if req.updated_at <= until:
                 yield req
 
     def fetch(self, ids: list[str]) -> dict[str, Requirement]:

@@ -50,6 +50,7 @@ class PlanContext:
     _parsed: dict[str, ParsedRequest] = field(default_factory=dict, compare=False, repr=False)
     _contexts: dict[tuple[str, Any, str | None], dict[str, Any]] = field(
         default_factory=dict, compare=False, repr=False)
+    _blocks: dict[Any, str] = field(default_factory=dict, compare=False, repr=False)
 
     def parse(self, deal: Deal) -> ParsedRequest:
         text = deal.fields.get(self.mapping.request_field) or ""
@@ -57,16 +58,35 @@ class PlanContext:
             self._parsed[text] = parse_request(text, self.pattern)
         return self._parsed[text]
 
+    def context_key(self, deal: Deal) -> tuple[str, Any, str | None]:
+        """What a deal's context row depends on, as far as one run can change it."""
+        return deal.id, deal.updated_at, deal.fields.get(self.mapping.request_field)
+
     def context_of(self, deal: Deal) -> dict[str, Any]:
         """The deal as its requirements' blocks show it (a copy the caller may change)."""
-        text = deal.fields.get(self.mapping.request_field)
-        key = (deal.id, deal.updated_at, text)
+        key = self.context_key(deal)
+        text = key[2]
         if key not in self._contexts:
             row = deal_context(deal, request_text(text, self.pattern))
             if self.mapping.context_properties:  # custom columns: deal properties
                 row["custom"] = self.mapping.context_values(deal.fields)
             self._contexts[key] = row
         return dict(self._contexts[key])
+
+
+    def block(self, rows: list[dict[str, Any]], keys: list[Any] | None,
+              markers: list[str]) -> str:
+        """The rendered block for these deal rows, memoised by ``keys`` (each row's
+        ``context_key`` and whether it is orphaned; None: not memoised): phase two renders
+        again the block of every requirement a create has just rendered."""
+        memo = (frozenset(keys), tuple(sorted(markers))) if keys is not None else None
+        if memo is not None and memo in self._blocks:
+            return self._blocks[memo]
+        text = context.render(rows, self.mapping.context_columns, markers,
+                              self.mapping.context_language, self.mapping.context_titles)
+        if memo is not None:
+            self._blocks[memo] = text
+        return text
 
 
 def created_at(req: Requirement) -> str | None:
@@ -154,8 +174,8 @@ def _plan_group(view: View, ctx: PlanContext, title: str,
                 for d in deals]
     first, parsed = members[0]
     markers = [make_marker(ctx.pair, d.id) for d in deals]
-    block = context.render([ctx.context_of(d) for d in deals], ctx.mapping.context_columns,
-                           markers, ctx.mapping.context_language, ctx.mapping.context_titles)
+    block = ctx.block([ctx.context_of(d) for d in deals],
+                      [(*ctx.context_key(d), False) for d in deals], markers)
     text = request_html(parsed.body, ctx.mapping.context_language)
     return [CreateRequirement(tuple(d.id for d in deals), tuple(d.name for d in deals),
                               parsed.title or "", title,
@@ -244,16 +264,21 @@ def _req_is_quiet(view: View, ctx: PlanContext, req: Requirement, links: list[Li
 def desired_block(view: View, ctx: PlanContext, links: list[Link]) -> str:
     """The deal-context block for a requirement with these links. A link whose requirement
     changed identity is left out: its deal never asked for the record now under that id."""
-    deals = []
+    deals: list[dict[str, Any]] = []
+    keys: list[Any] = []
+    from_state = False  # a row from the state store, not this run: not memoised
     shown = [link for link in links if not (link.orphaned or "").startswith(NOT_OURS)]
     for link in shown:
         deal = view.deals.get(link.deal_id)
         ctx_row = ctx.context_of(deal) if deal else view.snapshots.get(link.deal_id)
         if ctx_row is not None:
             deals.append({**ctx_row, "orphaned": bool(link.orphaned)})
+            if deal is None:
+                from_state = True
+            else:
+                keys.append((*ctx.context_key(deal), bool(link.orphaned)))
     markers = [make_marker(ctx.pair, link.deal_id) for link in shown if link.origin == "created"]
-    return context.render(deals, ctx.mapping.context_columns, markers,
-                          ctx.mapping.context_language, ctx.mapping.context_titles)
+    return ctx.block(deals, None if from_state else keys, markers)
 
 
 def wanted_link_fields(mapping: Mapping, live: list[Link], primary_req: str) -> dict[str, str | None]:

@@ -11,8 +11,9 @@ nothing while links exist is probed by id, and the run stops if nothing comes ba
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+import time
 from concurrent.futures import Future
+from datetime import datetime, timedelta
 from typing import Callable, Iterable, TypeVar
 
 from ..connectors import Deal, make_marker
@@ -100,6 +101,7 @@ class Reader:
         crm = self.pair.crm
         deferred = crm.deferred_context
         until = self.started + READ_AHEAD
+        began = time.monotonic()
         changes = (crm.iter_changed(since, until, self.properties, with_context=False)
                    if deferred else crm.iter_changed(since, until, self.properties))
         seen, latest, kept = 0, cursor, []
@@ -120,8 +122,9 @@ class Reader:
             self._complete_context(view, [d for d in kept if view.deals.get(d.id) is d],
                                    deferred)
         view.forced_deals = {f["deal_id"] for f in view.due if f["deal_id"]}
+        cursor = self._next_cursor(crm, latest, began, self.pair.crm_lookback)
         self.fetch_deals(view, view.forced_deals)
-        return min(latest, self.started) if latest else None
+        return cursor
 
     def read_requirements(self, view: View, cursor: datetime | None,
                           lane: Lane | None = None) -> datetime | None:
@@ -131,6 +134,7 @@ class Reader:
         linked = view.linked_req_ids()
         seen, latest = 0, cursor
         self.progress("requirements read", 0)
+        began = time.monotonic()
         for req in self.pair.tracker.iter_changed(since, self.started + READ_AHEAD):
             if lane is not None and lane.stopping.is_set():
                 return None  # the run is stopping; nothing read here will be used
@@ -142,10 +146,30 @@ class Reader:
                 self.progress("requirements read", seen)
         self.progress("requirements read", seen)
         self.counts["requirements_read"] = seen
+        cursor = self._next_cursor(self.pair.tracker, latest, began,
+                                   self.pair.tracker_lookback)
         view.forced_reqs |= ({f["req_id"] for f in view.due if f["req_id"]}
                              | {c["req_id"] for c in view.resolved})
         self.fetch_reqs(view, view.forced_reqs)
-        return min(latest, self.started) if latest else None
+        return cursor
+
+    def _next_cursor(self, connector, latest: datetime | None, began: float,
+                     lookback: timedelta) -> datetime | None:
+        """Where the next read of a side starts, before its lookback: the service's own time
+        when this read began, or the newest change the read saw if later; never past this
+        run's start. Everything older than the read's beginning was there to be read, but a
+        search index may show a change late, which the next read's lookback covers. A quiet
+        side then costs one search page once its last burst is a lookback old, instead of
+        re-reading that burst until a newer change comes (docs/engine.md §2). The service's
+        time comes from its answers (``Connector.service_now``), so a service whose clock
+        differs from this machine's is never read past; without it, the newest change read
+        is the cursor."""
+        if latest is None:
+            return None
+        now = connector.service_now()
+        if now is not None:
+            latest = max(latest, now - timedelta(seconds=time.monotonic() - began))
+        return min(latest, self.started)
 
     def _complete_context(self, view: View, deals: list[Deal], deferred: tuple[str, ...]) -> None:
         """Context that costs extra calls is read only for deals that moved since it was
@@ -188,13 +212,18 @@ class Reader:
     # -- could not fetch is not gone --------------------------------------------------------------
     def probe_empty_sides(self, view: View) -> None:
         """A side that returned nothing while links exist is asked for a few linked records by
-        id; if none comes back, the run stops before planning anything."""
+        id; if none comes back, the run stops before planning anything. The verify slice, read
+        just before, is such a read: a side that gave back any of it answers, and costs no
+        probe."""
         recent = sorted((link for link in view.links if not link.orphaned),
                         key=lambda link: -link.seq)
         if not recent or self.force:
             return
+        answered = {"crm": any(i in view.deals for i in self.verify["crm"]),
+                    "tracker": any(i in view.reqs for i in self.verify["tracker"])}
         for side in ("crm", "tracker"):
-            if self.counts["deals_read" if side == "crm" else "requirements_read"]:
+            if self.counts["deals_read" if side == "crm" else "requirements_read"] or \
+                    answered[side]:
                 continue
             ids = list(dict.fromkeys(link.deal_id if side == "crm" else link.req_id
                                      for link in recent))[:SAFETY_SAMPLE]

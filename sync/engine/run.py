@@ -141,8 +141,8 @@ class Run:
         reader.rewrite_blocks_if_settings_changed(view)
         crm_cursor, tracker_cursor = reader.read_changes(view)
         self.counts.update(reader.counts)
-        reader.probe_empty_sides(view)
         reader.read_verified(view)
+        reader.probe_empty_sides(view)  # before anything is planned on what seemed gone
 
         self._progress("actions planned", 0)
         link_actions = self._plan_links(reader, view, ctx)
