@@ -83,7 +83,16 @@ def main() -> None:
         store = StateStore(Path(tmp) / "state.db")
         # Every deal is re-read by the second run (all fall inside the lookback window), so it
         # measures the cost of proving that nothing changed.
-        for label in ("first sync", "second sync, nothing new"):
+        for label in ("first sync", "second sync, nothing new", "1% changed on each side"):
+            if label.startswith("1%"):
+                # sales edits the amount of 1 deal in 100 (its requirement's block changes),
+                # product the priority of 1 requirement in 100 (its deals' priority changes)
+                for n in range(0, args.deals, 100):
+                    world.edit_deal(f"d{n:06d}", amount=str(2000 + n))
+                items = sorted(world.items)
+                for item_id in items[::100]:
+                    world.edit_item(item_id, priority="Highest")
+                changed = (len(range(0, args.deals, 100)), len(items[::100]))
             timer.take()
             started, cpu = time.perf_counter(), cpu_s()
             summary = run_pair(pair, store, Options())
@@ -96,6 +105,10 @@ def main() -> None:
                   f"GC {gc_s:5.2f} s ({collections[2]} full)  peak RSS {peak:6.0f} MiB "
                   f"(engine {peak - world_rss:5.0f})  calls {summary['api_calls']}  {counts}")
         store.close()
+    deals_changed, reqs_changed = changed
+    print(f"1% changed: {deals_changed:,} deal amounts and {reqs_changed:,} requirement "
+          f"priorities edited; the fewest writes are one per requirement whose deal list "
+          f"changed and one per deal whose requirement's priority changed (the counts above)")
 
 
 if __name__ == "__main__":

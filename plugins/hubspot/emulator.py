@@ -620,7 +620,8 @@ class HubSpotEmulator(Emulator):
         return None if record is None or record.current.archived else record
 
     def _resolve(self, deal_id: str) -> DealRecord | None:
-        """The record an id answers for: itself, or the deal it was merged into (§15)."""
+        """The record an id answers for: itself, or the deal it was merged into
+        (docs/hubspot.md §15)."""
         record = self.deals.get(deal_id)
         for _ in range(len(self.deals)):
             if record is None or record.merged_into is None:
