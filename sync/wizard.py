@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import click
 
-from .config import _secret_settings, parse_config
+from .config import Instance, _secret_settings, parse_config
 from .connectors import Connector, SecretSpec
 from .errors import EXIT_USAGE, ConfigError, DealsyncError
 from .manager import connector_registry, installed_types
@@ -55,14 +55,6 @@ class Answers:
     tracker_settings: dict[str, str] = field(default_factory=dict)
     mapping: str | None = None
     pair: str | None = None
-
-
-@dataclass
-class Instance:
-    side: str
-    name: str
-    cls: type[Connector]
-    settings: dict[str, Any]
 
 
 def parse_settings(values: tuple[str, ...], option: str) -> dict[str, str]:

@@ -14,15 +14,18 @@ from typing import Iterator
 import pytest
 import responses
 
-from plugins.hubspot.emulator import HubSpotEmulator
+from plugins.hubspot.emulator import PRIVATE_TOKEN, HubSpotEmulator
+from plugins.hubspot.testing import emulator_connector as hubspot_connector
 from plugins.memory import MemoryCRM, MemoryTracker, World
 from plugins.pingcode.emulator import PingCodeEmulator
+from plugins.pingcode.testing import DEMO_SECRETS
 from plugins.salesforce.emulator import SalesforceEmulator
 from plugins.worktile.emulator import WorktileEmulator
 from sync.connectors import InstanceContext
 from sync.demo import CONFIG_TEMPLATE, secrets
 from sync.engine import Options, Pair, run_pair
 from sync.mapping import load_mapping
+from sync.secrets import env_var
 from sync.state import StateStore
 from pgcluster import pg_url, postgres_cluster  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
@@ -109,6 +112,28 @@ def hubspot_server():
 def pingcode_server():
     """One PingCode emulator (virtual clock) per test module; tests reset it as they need."""
     yield from _serve(PingCodeEmulator())
+
+
+@pytest.fixture
+def emulators_store(hubspot_server, pingcode_server, tmp_path):
+    """Both emulators reset, with the deal properties of the shipped hubspot-pingcode mapping
+    made, and a fresh SQLite state store: ``(hubspot, pingcode, store)``."""
+    hubspot_server.reset()
+    pingcode_server.reset()
+    mapping = load_mapping("hubspot-pingcode")
+    hubspot_connector(hubspot_server).ensure_fields(mapping.crm_schema())
+    store = StateStore(tmp_path / "state.db")
+    yield hubspot_server, pingcode_server, store
+    store.close()
+
+
+def emulator_secrets(monkeypatch, home: Path, hubspot: str = "hs", pingcode: str = "pc") -> None:
+    """The environment a CLI run against both emulators needs: its DEALSYNC_HOME and the
+    emulators' credentials for instances named ``hubspot`` and ``pingcode``."""
+    monkeypatch.setenv("DEALSYNC_HOME", str(home))
+    monkeypatch.setenv(env_var(hubspot, "token"), PRIVATE_TOKEN)
+    for name, value in DEMO_SECRETS.items():
+        monkeypatch.setenv(env_var(pingcode, name), value)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from plugins.hubspot.testing import emulator_connector as hubspot_connector
 from plugins.pingcode.testing import emulator_connector
 from sync.engine import Options, Pair, run_pair
 from sync.mapping import load_mapping
-from sync.state import StateStore
 
 MAPPING = load_mapping("hubspot-pingcode")
 PINGCODE_SETUP = {  # read once per run (a new connector per run, as the CLI builds them)
@@ -23,13 +22,8 @@ PINGCODE_SETUP = {  # read once per run (a new connector per run, as the CLI bui
 
 
 @pytest.fixture
-def stack(hubspot_server, pingcode_server, tmp_path):
-    hubspot_server.reset()
-    pingcode_server.reset()
-    hubspot_connector(hubspot_server).ensure_fields(MAPPING.crm_schema())
-    store = StateStore(tmp_path / "state.db")
-    yield hubspot_server, pingcode_server, store
-    store.close()
+def stack(emulators_store):
+    return emulators_store
 
 
 def sync(hubspot, pingcode, store) -> tuple[dict, Counter, Counter]:

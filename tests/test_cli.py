@@ -171,9 +171,9 @@ def test_plugins_json_lists_builtins():
     assert set(memory["connectors"]) == {"crm:memory", "tracker:memory"}
 
 
-def test_run_loop_stops_cleanly_on_sigterm(workdir):
+def start_run_every(workdir: Path, every: str):
+    """``dealsync run --every EVERY`` in its own process, once its first run has synced."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -181,12 +181,21 @@ def test_run_loop_stops_cleanly_on_sigterm(workdir):
     env = {**os.environ, "DEALSYNC_HOME": str(workdir / "home")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sync.cli", "-c", str(workdir / "dealsync.toml"), "run",
-         "--every", "10s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+         "--every", every], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (workdir / "tracker.json").exists():
+        time.sleep(0.1)
+    if not (workdir / "tracker.json").exists():
+        proc.kill()
+        raise AssertionError("the first run did not happen")
+    return proc
+
+
+def test_run_loop_stops_cleanly_on_sigterm(workdir):
+    import signal
+
+    proc = start_run_every(workdir, "10s")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (workdir / "tracker.json").exists():
-            time.sleep(0.1)
-        assert (workdir / "tracker.json").exists(), "the first run did not happen"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     finally:
@@ -391,21 +400,12 @@ def test_run_every_takes_5_seconds_and_up(workdir):
 
 
 def test_status_names_the_next_scheduled_run_while_run_every_is_active(workdir):
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     assert "not scheduled" in invoke(workdir, "status").output
-    env = {**os.environ, "DEALSYNC_HOME": str(workdir / "home")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sync.cli", "-c", str(workdir / "dealsync.toml"), "run",
-         "--every", "10m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = start_run_every(workdir, "10m")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (workdir / "tracker.json").exists():
-            time.sleep(0.1)
         time.sleep(0.5)
         text = invoke(workdir, "status").output
         doc = json.loads(invoke(workdir, "status", "--json").stdout)["pairs"][0]

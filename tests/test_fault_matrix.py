@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import emulator_secrets
 from plugins.emulator import Fault
 from plugins.hubspot.emulator import PRIVATE_TOKEN, HubSpotEmulator
 from plugins.pingcode.emulator import PingCodeEmulator
-from plugins.pingcode.testing import DEMO_SECRETS
 from sync.cli import cli
 from sync.connectors import has_marker, make_marker
 from sync.mapping import resolve_path
-from sync.secrets import env_var
 
 CONFIG = """
 [crm.hs]
@@ -112,10 +111,7 @@ class Matrix:
 def matrix(hubspot_server, pingcode_server, tmp_path, monkeypatch):
     hubspot_server.reset()
     pingcode_server.reset()
-    monkeypatch.setenv("DEALSYNC_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(env_var("hs", "token"), PRIVATE_TOKEN)
-    for name, value in DEMO_SECRETS.items():
-        monkeypatch.setenv(env_var("pc", name), value)
+    emulator_secrets(monkeypatch, tmp_path / "home")
     made = Matrix(tmp_path, hubspot_server, pingcode_server)
     assert CliRunner().invoke(cli, ["-c", str(made.config), "check", "--fix"]).exit_code == 0
     made.seed()

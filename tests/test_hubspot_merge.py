@@ -18,7 +18,6 @@ from plugins.pingcode.testing import emulator_connector as pingcode_connector
 from sync.engine import Options, Pair, run_pair
 from sync.engine.view import MERGED_INTO
 from sync.mapping import load_mapping
-from sync.state import StateStore
 
 MAPPING = load_mapping("hubspot-pingcode")
 REQUEST = MAPPING.request_field
@@ -158,13 +157,8 @@ def test_connector_asks_by_id_when_a_stranger_comes_back_without_merged_ids(rsps
 # -- end to end: HubSpot and PingCode emulators, run_pair ------------------------------------------
 
 @pytest.fixture
-def stack(hubspot_server, pingcode_server, tmp_path):
-    hubspot_server.reset()
-    pingcode_server.reset()
-    hubspot_connector(hubspot_server).ensure_fields(MAPPING.crm_schema())
-    store = StateStore(tmp_path / "state.db")
-    yield hubspot_server, pingcode_server, store
-    store.close()
+def stack(emulators_store):
+    return emulators_store
 
 
 def sync(hubspot, pingcode, store, crm=None, **options) -> dict:

@@ -20,20 +20,14 @@ from plugins.pingcode.testing import emulator_connector
 from sync.engine import Options, Pair, run_pair
 from sync.errors import AuthError
 from sync.mapping import load_mapping
-from sync.state import StateStore
 
 MAPPING = load_mapping("hubspot-pingcode")
 HOLD_S = 20.0
 
 
 @pytest.fixture
-def stack(hubspot_server, pingcode_server, tmp_path):
-    hubspot_server.reset()
-    pingcode_server.reset()
-    hubspot_connector(hubspot_server).ensure_fields(MAPPING.crm_schema())
-    store = StateStore(tmp_path / "state.db")
-    yield hubspot_server, pingcode_server, store
-    store.close()
+def stack(emulators_store):
+    return emulators_store
 
 
 def sync(hubspot, pingcode, store, concurrent: bool = True,

@@ -19,17 +19,14 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from conftest import MEMORY_CONFIG, Harness
+from conftest import MEMORY_CONFIG, Harness, emulator_secrets
 from plugins.memory import World
 from plugins.emulator import Fault
-from plugins.hubspot.emulator import PRIVATE_TOKEN
-from plugins.pingcode.testing import DEMO_SECRETS
 from sync import http
 from sync.cli import cli
 from sync.connectors import RateLimit
 from sync.progress import (Every, JsonFormatter, LiveProgress, LogProgress, TextFormatter,
                            parse_every)
-from sync.secrets import env_var
 
 DATA = Path(__file__).parent / "data"
 
@@ -199,10 +196,7 @@ def test_a_hook_with_the_old_two_argument_signature_still_works(h: Harness):
 def stack(hubspot_server, pingcode_server, tmp_path, monkeypatch):
     hubspot_server.reset()
     pingcode_server.reset()
-    monkeypatch.setenv("DEALSYNC_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(env_var("hs", "token"), PRIVATE_TOKEN)
-    for name, value in DEMO_SECRETS.items():
-        monkeypatch.setenv(env_var("pc", name), value)
+    emulator_secrets(monkeypatch, tmp_path / "home")
     monkeypatch.delenv("DEALSYNC_PROGRESS_EVERY", raising=False)
     monkeypatch.delenv("DEALSYNC_LOG_FORMAT", raising=False)
 
