@@ -243,12 +243,18 @@ def _stored_contexts(stack: Stack) -> dict[str, dict]:
         store.close()
 
 
-def test_switching_the_language_rewrites_the_block_never_adds_one(tmp_path, monkeypatch):
+def _own_mapping_stack(tmp_path: Path, monkeypatch) -> tuple[Stack, str]:
+    """HubSpot and PingCode emulators with a pair on a copy of the shipped hubspot-pingcode
+    mapping (``./mapping.toml``, a test may rewrite it); the stack and the mapping's text."""
     text = Path(load_mapping("hubspot-pingcode").source).read_text(encoding="utf-8")
     assert text.count('language = "zh-CN"') == 1
     (tmp_path / "mapping.toml").write_text(text, encoding="utf-8")
     _environment(monkeypatch, tmp_path, "hubspot")
-    stack = Stack(tmp_path, "hubspot", mapping="./mapping.toml")
+    return Stack(tmp_path, "hubspot", mapping="./mapping.toml"), text
+
+
+def test_switching_the_language_rewrites_the_block_never_adds_one(tmp_path, monkeypatch):
+    stack, text = _own_mapping_stack(tmp_path, monkeypatch)
     try:
         stack.prepare()
         stack.deal("Acme EU", "SCR-1", amount=80000)
@@ -297,10 +303,7 @@ def test_new_block_settings_rewrite_every_block_once_even_where_nothing_moved(tm
                                                                              monkeypatch):
     """Blocks outside the lookback window, on requirements and deals nobody touched, follow a
     change of language too: the run after the change reads every linked requirement once."""
-    text = Path(load_mapping("hubspot-pingcode").source).read_text(encoding="utf-8")
-    (tmp_path / "mapping.toml").write_text(text, encoding="utf-8")
-    _environment(monkeypatch, tmp_path, "hubspot")
-    stack = Stack(tmp_path, "hubspot", mapping="./mapping.toml")
+    stack, text = _own_mapping_stack(tmp_path, monkeypatch)
     try:
         stack.prepare()
         stack.deal("Acme EU", "SCR-1", amount=80000)
