@@ -17,7 +17,9 @@ def test_no_secret_in_logs_json_errors_or_the_state_store(tmp_path):
         outputs = [run_dealsync(config, env, "-vv", "--debug", "sync", "--json")]
         pingcode.expire_tokens()  # the next run renews its token mid-run, after a 401
         pingcode.mutate("SCR-1", priority="最高")
-        outputs.append(run_dealsync(config, env, "-vv", "--debug", "sync", "--json"))
+        # this one logs JSON Lines, the format log collectors read
+        outputs.append(run_dealsync(config, env, "-vv", "--debug", "--log-format", "json",
+                                    "sync", "--json"))
         pingcode.apps.clear()  # and one run fails on its credentials
         pingcode.expire_tokens()
         pingcode.mutate("SCR-1", priority="低")
@@ -27,6 +29,7 @@ def test_no_secret_in_logs_json_errors_or_the_state_store(tmp_path):
     assert [o.returncode for o in outputs[:3]] == [0, 0, 3], outputs[2].stderr
     assert len(tokens) >= 2, "the second run must have renewed its token"
     assert "POST" in outputs[0].stderr  # -vv logs every HTTP call: there is something to scan
+    assert "POST" in outputs[1].stderr and outputs[1].stderr.lstrip().startswith("{")
     home = tmp_path / "home"
     stored = b"".join(path.read_bytes() for path in home.rglob("*") if path.is_file())
     secrets = {PRIVATE_TOKEN, DEMO_SECRETS["client_secret"], *tokens}
