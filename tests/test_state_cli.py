@@ -121,7 +121,7 @@ def test_check_names_each_problem_and_exits_2(workdir, pg_url):
     assert result.exit_code == 2
     doc = json.loads(result.stdout)
     assert not doc["ok"] and doc["rows"]["links"] == 3
-    assert doc["problems"] == ["1 bases belong to no link (first: pair=sales-rd, deal_id=d99, "
+    assert doc["problems"] == ["1 base belongs to no link (first: pair=sales-rd, deal_id=d99, "
                                "req_id=r99, field=status)"]
 
 

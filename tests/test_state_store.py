@@ -339,10 +339,11 @@ def test_check_finds_rows_that_break_the_rules(store):
     store._exec("UPDATE deal_context SET context='{not json'")
     problems = check_store(store).problems
     assert len(problems) == 4, problems
-    assert any("1 bases belong to no link" in p and "deal_id=d9" in p for p in problems)
-    assert any("shared request titles" in p for p in problems)
-    assert any("unknown origin" in p for p in problems)
-    assert any("deal_context.context do not read back" in p for p in problems)
+    assert any("1 base belongs to no link" in p and "deal_id=d9" in p for p in problems)
+    assert any("1 shared request title names a requirement no link has" in p
+               for p in problems)
+    assert any("1 link of unknown origin" in p for p in problems)
+    assert any("1 value of deal_context.context does not read back" in p for p in problems)
 
 
 def test_check_finds_a_missing_index(store):

@@ -136,8 +136,9 @@ def rows_of(body: Any) -> tuple[list[dict[str, Any]], bool | None, int | None]:
         raise RemoteError(f"Worktile answered a list request with {type(body).__name__}")
     rows = body.get("items", body.get("value"))
     if not isinstance(rows, list):
-        raise RemoteError(f"Worktile answered a list without items or value: "
-                          f"{sorted(body)[:8]}", hint="check base_url of this instance")
+        keys = ", ".join(sorted(body)[:8]) or "none"
+        raise RemoteError(f"Worktile answered a list without items or value (its keys: {keys})",
+                          hint="check base_url of this instance")
     more = body.get("has_more")
     total = body.get("total")
     return rows, None if more is None else bool(more), total if isinstance(total, int) else None

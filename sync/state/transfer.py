@@ -165,42 +165,47 @@ def schema_problems(store: StateStore) -> list[str]:
     return problems
 
 
-def _orphan_rows(store: StateStore, sql: str, what: str) -> list[str]:
+def _orphan_rows(store: StateStore, sql: str, noun: tuple[str, str], rest: str) -> list[str]:
+    """One problem line for the rows ``sql`` finds: ``noun`` for one row and for several."""
     rows = store._rows(sql)
     if not rows:
         return []
     first = ", ".join(f"{k}={v}" for k, v in rows[0].items())
-    return [f"{len(rows)} {what} (first: {first})"]
+    return [f"{len(rows)} {noun[0] if len(rows) == 1 else noun[1]} {rest} (first: {first})"]
 
 
 def bases_without_link(store: StateStore) -> list[str]:
     return _orphan_rows(store, "SELECT b.pair, b.deal_id, b.req_id, b.field FROM bases b WHERE"
                         " NOT EXISTS (SELECT 1 FROM links l WHERE l.pair = b.pair AND"
                         " l.deal_id = b.deal_id AND l.req_id = b.req_id)",
-                        "bases belong to no link")
+                        ("base belongs", "bases belong"), "to no link")
 
 
 def requests_without_link(store: StateStore) -> list[str]:
     return _orphan_rows(store, "SELECT r.pair, r.title, r.req_id FROM requests r WHERE NOT EXISTS"
                         " (SELECT 1 FROM links l WHERE l.pair = r.pair AND l.req_id = r.req_id)",
-                        "shared request titles name a requirement no link has")
+                        ("shared request title names", "shared request titles name"),
+                        "a requirement no link has")
 
 
 def duplicate_sequence(store: StateStore) -> list[str]:
     return _orphan_rows(store, "SELECT pair, seq, COUNT(*) AS n FROM links GROUP BY pair, seq"
-                        " HAVING COUNT(*) > 1", "link numbers are used twice within a pair")
+                        " HAVING COUNT(*) > 1", ("link number is", "link numbers are"),
+                        "used twice within a pair")
 
 
 def known_values(store: StateStore) -> list[str]:
     return (_orphan_rows(store, "SELECT pair, deal_id, origin FROM links WHERE origin NOT IN"
-                         " ('created', 'named')", "links of unknown origin")
+                         " ('created', 'named')", ("link", "links"), "of unknown origin")
             + _orphan_rows(store, "SELECT id, status FROM conflicts WHERE status NOT IN"
-                           " ('open', 'resolved', 'applied')", "conflicts of unknown status")
+                           " ('open', 'resolved', 'applied')", ("conflict", "conflicts"),
+                           "of unknown status")
             + _orphan_rows(store, "SELECT id, pair, kind FROM failures WHERE resolved_at IS NULL"
                            " AND retryable = 1 AND next_retry_at IS NULL",
-                           "retryable failures without a retry time")
+                           ("retryable failure", "retryable failures"),
+                           "without a retry time")
             + _orphan_rows(store, "SELECT id, pair, kind FROM failures WHERE attempts < 1",
-                           "failures without an attempt"))
+                           ("failure", "failures"), "without an attempt"))
 
 
 #: (table, key columns, column, how to read it): each value must read back.
@@ -239,7 +244,8 @@ def _unreadable(store: StateStore, sql: str, what: str, read: Callable[[str], An
     if not bad:
         return []
     where = ", ".join(f"{k}={v}" for k, v in bad[0].items() if k != "value")
-    return [f"{len(bad)} values of {what} do not read back (first: {where})"]
+    verb = "value of {} does" if len(bad) == 1 else "values of {} do"
+    return [f"{len(bad)} {verb.format(what)} not read back (first: {where})"]
 
 
 RULES: list[Callable[[StateStore], list[str]]] = [
