@@ -575,9 +575,9 @@ class HttpClient:
         return self._proxies[origin]
 
     def server_time(self) -> datetime | None:
-        """The service's own clock as of its latest answer (its ``Date`` header, RFC 9110
-        §6.6.1: https://www.rfc-editor.org/rfc/rfc9110#section-6.6.1), or None. Parsed only
-        when asked, so an answer costs no date parsing."""
+        """The service's own clock as of its latest answer (its ``Date`` header:
+        https://www.rfc-editor.org/rfc/rfc9110#section-6.6.1), or None. Parsed only when asked,
+        so an answer costs no date parsing."""
         try:
             return parsedate_to_datetime(self._date) if self._date else None
         except (TypeError, ValueError):

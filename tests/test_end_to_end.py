@@ -79,8 +79,8 @@ class SalesforceSide:
         self.emu.mutate(self.company, {"Name": name}, obj="Account")
 
     def notes(self, deal_id: str) -> list[str] | None:
-        """The notes on the opportunity's timeline: its completed Tasks (docs/salesforce.md
-        §11), oldest first."""
+        """The notes on the opportunity's timeline: its completed Tasks
+        (docs/salesforce.md §11), oldest first."""
         tasks = self.emu.tasks(deal_id)
         assert all(t["Status"] == "Completed" and t["IsClosed"] for t in tasks)
         return [t["Description"] for t in tasks]

@@ -464,8 +464,8 @@ class HubSpotConnector(CRMConnector):
             owner=self._owner(props.get("hubspot_owner_id")), is_open=is_open)
 
     def fill_context(self, deals: list[Deal]) -> None:
-        """The primary company of each deal (two batch reads per 100 deals, docs/hubspot.md
-        §10); stage and owner come with every read at no extra cost."""
+        """The primary company of each deal (two batch reads per 100 deals,
+        docs/hubspot.md §10); stage and owner come with every read at no extra cost."""
         companies = self._companies_of([deal.id for deal in deals])
         for deal in deals:
             deal.company = companies.get(deal.id)

@@ -1,13 +1,13 @@
 """The Salesforce CRM connector: Opportunities in, requirement status and priority out.
 
-It owns everything Salesforce-specific between the engine and ``sync.http``: the three OAuth
-grants and a session without an expiry time (docs/salesforce.md §1), the incremental SOQL read
-on ``SystemModstamp`` that keeps ties and halves its window on ``QUERY_TIMEOUT`` (docs/salesforce.md
-§2-§4), reads by id, sObject Collections writes of 200 with per-record results (docs/salesforce.md
-§6), describe for missing fields and picklist values, and the setup steps an admin follows because
-the REST API cannot create fields (docs/salesforce.md §7), the daily API allocation
-(docs/salesforce.md §8), the mapping of the error array to
-``sync.errors`` (docs/salesforce.md §9), and deal notes as completed Tasks on the opportunity
+It owns everything Salesforce-specific between the engine and ``sync.http``: the three OAuth grants
+and a session without an expiry time (docs/salesforce.md §1), the incremental SOQL read on
+``SystemModstamp`` that keeps ties and halves its window on ``QUERY_TIMEOUT``
+(docs/salesforce.md §2-§4), reads by id, sObject Collections writes of 200 with per-record results
+(docs/salesforce.md §6), describe for missing fields and picklist values, and the setup steps an
+admin follows because the REST API cannot create fields (docs/salesforce.md §7), the daily API
+allocation (docs/salesforce.md §8), the mapping of the error array to ``sync.errors``
+(docs/salesforce.md §9), and deal notes as completed Tasks on the opportunity
 (docs/salesforce.md §11). Timestamps become aware UTC here and nowhere else.
 """
 
@@ -50,8 +50,8 @@ QUERY_BATCH_MIN = 200
 IDS_PER_QUERY = 200  # ids per ``Id IN (...)``: under 6 KB of URL, well inside proxy limits
 # public connectors stop at 80% of the allocation (docs/salesforce.md §8)
 DEFAULT_MAX_API_SHARE = 0.8
-# What the deal context needs besides the mapped fields, read in the same query (docs/salesforce.md
-# §2).
+# What the deal context needs besides the mapped fields, read in the same query
+# (docs/salesforce.md §2).
 CONTEXT_FIELDS = ("Name", "StageName", "Amount", "CloseDate", "IsClosed", "Account.Name",
                   "Owner.Name")
 LONG_TEXT_LENGTH = 32_768  # a Text Area (Long) field's default length
@@ -664,10 +664,11 @@ class SalesforceConnector(CRMConnector):
 
     def _collections(self, method: str, chunks: Iterable[list[tuple[str, dict[str, Any]]]],
                      what: str) -> list[WriteResult]:
-        """One sObject Collections call per chunk of ``(deal id, record)`` (docs/salesforce.md §6,
-        §11), one result per record in order. A call refused whole, or a create that may or may not
-        have happened (``AmbiguousWrite``, never re-sent), fails its records; an outage that
-        retries did not cure stops sending and fails the rest as retryable."""
+        """One sObject Collections call per chunk of ``(deal id, record)``
+        (docs/salesforce.md §6, §11), one result per record in order. A call refused whole, or a
+        create that may or may not have happened (``AmbiguousWrite``, never re-sent), fails its
+        records; an outage that retries did not cure stops sending and fails the rest as
+        retryable."""
         results: list[WriteResult] = []
         outage: ItemError | None = None
         for chunk in chunks:
@@ -695,8 +696,8 @@ class SalesforceConnector(CRMConnector):
             raise RemoteError(f"{self.name}: sObject Collections answered "
                               f"{len(saved) if isinstance(saved, list) else 'no'} results for "
                               f"{len(chunk)} records", status=200)
-        # A failed SaveResult carries no id: results match records by position (docs/salesforce.md
-        # §6).
+        # A failed SaveResult carries no id: results match records by position
+        # (docs/salesforce.md §6).
         return [WriteResult(deal_id, record=result.get("id")) if result.get("success") else
                 WriteResult(deal_id, error=self._record_error(
                     deal_id, result.get("errors") or [], what))

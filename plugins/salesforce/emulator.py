@@ -16,8 +16,8 @@ It owns what a dealsync Salesforce connector, its tests, the demo and the benchm
 - ``POST …/sobjects/{object}/`` and ``POST …/composite/sobjects``: creates, Tasks on an
   opportunity's timeline among them (docs/salesforce.md §11);
 - ``Sforce-Limit-Info: api-usage=n/N`` on every API reply, the rolling 24-hour allocation and the
-  long-request concurrency cap, both answering 403 ``REQUEST_LIMIT_EXCEEDED`` (docs/salesforce.md
-  §8).
+  long-request concurrency cap, both answering 403 ``REQUEST_LIMIT_EXCEEDED``
+  (docs/salesforce.md §8).
 
 Datetimes are kept to the second and printed as ``2025-01-01T00:00:00.000+0000``. Edits made
 "by the system" (``mutate(..., actor="system")``, ``touch``) move ``SystemModstamp`` but not
@@ -140,8 +140,8 @@ class RecordError(Exception):
 
 
 def fail(status: int, code: str, message: str) -> HttpError:
-    """Salesforce's top-level error: an *array* of ``{message, errorCode}`` (docs/salesforce.md
-    §9)."""
+    """Salesforce's top-level error: an *array* of ``{message, errorCode}``
+    (docs/salesforce.md §9)."""
     return HttpError(status, [{"message": message, "errorCode": code}])
 
 
@@ -282,8 +282,8 @@ class SalesforceEmulator(Emulator):
     def _write(self, obj: str, row: dict[str, Any], changes: dict[str, Any], *, at: datetime,
                actor: str, by: str) -> None:
         """Apply a validated write. Any user write moves LastModifiedDate and SystemModstamp; a
-        system write (automation, recalculation) moves only SystemModstamp (docs/salesforce.md
-        §2)."""
+        system write (automation, recalculation) moves only SystemModstamp
+        (docs/salesforce.md §2)."""
         changed = {k: v for k, v in changes.items() if row.get(k) != v}
         if not changed and not self.config["touch_on_noop"]:
             return
@@ -299,8 +299,8 @@ class SalesforceEmulator(Emulator):
 
     def _derive(self, obj: str, row: dict[str, Any], changes: dict[str, Any]) -> None:
         """The fields Salesforce sets from others: an opportunity's from its stage, a task's
-        ``IsClosed`` from its status and ``AccountId`` from what it relates to (docs/salesforce.md
-        §11)."""
+        ``IsClosed`` from its status and ``AccountId`` from what it relates to
+        (docs/salesforce.md §11)."""
         if obj == "Opportunity":
             self._derive_from_stage(row, changes)
         elif obj == "Task":
@@ -761,8 +761,8 @@ class SalesforceEmulator(Emulator):
 
     def _issue(self, client: str, user: str) -> dict[str, Any]:
         """A session: no ``expires_in`` (it ends after the org's timeout, ``token_ttl_s``); the
-        signature is HMAC-SHA256 of id + issued_at keyed with the client secret (docs/salesforce.md
-        §1)."""
+        signature is HMAC-SHA256 of id + issued_at keyed with the client secret
+        (docs/salesforce.md §1)."""
         now = self.clock.now()
         token = f"{self.org_id[:15]}!AQ{self._digest('access')}"
         self._sessions[token] = Session(user, client, now + timedelta(

@@ -1,15 +1,15 @@
 """The Worktile tracker connector: the tasks of one project, through Worktile's team Open API.
 
-It owns what that API makes awkward: the tenant token whose
-``expires_in`` is a duration (docs/worktile.md §2), refused tokens that arrive as HTTP 200 bodies as
-well as 401s (docs/worktile.md §3), replies checked before use and nginx's HTML error pages
+It owns what that API makes awkward: the tenant token whose ``expires_in`` is a duration
+(docs/worktile.md §2), refused tokens that arrive as HTTP 200 bodies as well as 401s
+(docs/worktile.md §3), replies checked before use and nginx's HTML error pages
 (docs/worktile.md §11, §13), the ``items``/``value`` and bare-array envelopes with ``page_index``
 from 0 (docs/worktile.md §5), at most three requests in flight (docs/worktile.md §11), change
 detection by scanning the project because there is no updated-since filter (docs/worktile.md §9),
 states and priorities by name (docs/worktile.md §6), and every write after creation as a capability:
-on only where the instance's ``task_writes`` setting says so and the API proves it (docs/worktile.md
-§10). Creating a task, with its priority and the deal context in its description, is always possible
-(docs/worktile.md §8).
+on only where the instance's ``task_writes`` setting says so and the API proves it
+(docs/worktile.md §10). Creating a task, with its priority and the deal context in its description,
+is always possible (docs/worktile.md §8).
 
 Look-ups have no search to lean on, so one scan serves several purposes within a run: every
 scan remembers each task's key, id, creation time and marker text, and ``find_by_keys`` and
@@ -79,8 +79,8 @@ R = TypeVar("R")
 
 # -- replies and errors ----------------------------------------------------------------------------
 def error_code(response: requests.Response) -> int | None:
-    """``error_code`` of a JSON error body (``{"ok": false, "error_code": …}``, docs/worktile.md §3,
-    §13)."""
+    """``error_code`` of a JSON error body (``{"ok": false, "error_code": …}``,
+    docs/worktile.md §3, §13)."""
     if "json" not in response.headers.get("Content-Type", ""):
         return None
     try:
@@ -97,8 +97,8 @@ def error_code(response: requests.Response) -> int | None:
 
 def _message(response: requests.Response, code: int | None) -> str:
     """The request, the status and, for a JSON body, the raw body: only the auth codes are on
-    record, so whatever else Worktile says is kept for the person reading it (docs/worktile.md
-    §13)."""
+    record, so whatever else Worktile says is kept for the person reading it
+    (docs/worktile.md §13)."""
     text = describe(response)
     if code is not None:
         raw = json.dumps(response.json(), ensure_ascii=False)  # readable, \u escapes or not
@@ -107,8 +107,8 @@ def _message(response: requests.Response, code: int | None) -> str:
 
 
 def map_error(response: requests.Response) -> DealsyncError:
-    """By HTTP status first, then by ``ok``/``error_code`` when the body is JSON (docs/worktile.md
-    §13)."""
+    """By HTTP status first, then by ``ok``/``error_code`` when the body is JSON
+    (docs/worktile.md §13)."""
     status, code = response.status_code, error_code(response)
     message = _message(response, code)
     if code in AUTH_CODES or code == CREDENTIAL_CODE or status in (401, 403):
@@ -371,8 +371,8 @@ class WorktileConnector(TrackerConnector):
     @staticmethod
     def _body(response: requests.Response) -> Any:
         """Every reply is checked before use: its content type first (a gateway answers HTML),
-        then ``ok`` of a JSON object, which is false on errors sent as HTTP 200 (docs/worktile.md
-        §3, §15.3)."""
+        then ``ok`` of a JSON object, which is false on errors sent as HTTP 200
+        (docs/worktile.md §3, §15.3)."""
         if not response.content:
             return None
         content_type = response.headers.get("Content-Type", "")
@@ -437,8 +437,8 @@ class WorktileConnector(TrackerConnector):
                 close()
 
     def _first_page(self, page: Callable[[int], T]) -> T:
-        """Page 0, asking a smaller page size while the service refuses the size (docs/worktile.md
-        §5)."""
+        """Page 0, asking a smaller page size while the service refuses the size
+        (docs/worktile.md §5)."""
         while True:
             try:
                 return page(0)
@@ -518,9 +518,9 @@ class WorktileConnector(TrackerConnector):
         return str(wanted) if wanted else None
 
     def _priorities(self) -> dict[str, str]:
-        """Priority names to ids. Worktile documents no endpoint listing them (docs/worktile.md
-        §6.3): ask the one the emulator assumes, accept its absence, and learn the rest from tasks
-        read."""
+        """Priority names to ids. Worktile documents no endpoint listing them
+        (docs/worktile.md §6.3): ask the one the emulator assumes, accept its absence, and learn
+        the rest from tasks read."""
         if self._priority_ids is None:
             self._priority_ids = {}
             try:
@@ -903,8 +903,8 @@ class WorktileConnector(TrackerConnector):
         return rows[req_id]
 
     def _path(self, task: dict[str, Any], status: str) -> list[str]:
-        """The state ids to pass through to ``status``, by the type's flows (docs/worktile.md
-        §6.2)."""
+        """The state ids to pass through to ``status``, by the type's flows
+        (docs/worktile.md §6.2)."""
         task_type = self.task_type()
         target = task_type.states.get(status)
         if target is None:
@@ -941,8 +941,9 @@ def configured_writes(value: Any) -> tuple[str, ...]:
 
 
 def _write_call(endpoint: str, task_id: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Where each write goes: ``PUT /mission/tasks/{id}`` and ``…/{id}/state`` (docs/worktile.md
-    §10, the emulator's assumption, the state body being what Worktile's own web client sends)."""
+    """Where each write goes: ``PUT /mission/tasks/{id}`` and ``…/{id}/state``
+    (docs/worktile.md §10, the emulator's assumption, the state body being what Worktile's own web
+    client sends)."""
     return (f"/mission/tasks/{task_id}" + ("/state" if endpoint == "state" else "")), body
 
 

@@ -196,8 +196,8 @@ class RawBody:
 
 
 def nginx_page(status: int) -> RawBody:
-    """nginx's stock error page, as the gateway in front of Worktile sends it (docs/worktile.md
-    §11)."""
+    """nginx's stock error page, as the gateway in front of Worktile sends it
+    (docs/worktile.md §11)."""
     title = f"{status} {NGINX_REASONS[status]}"
     html = (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
             f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -894,8 +894,8 @@ class WorktileEmulator(Emulator):
 
     def _by_ids(self, req: Request, param: str, lookup: Callable[[str], Any],
                 shape: Callable[[Any], Any]) -> list[Any]:
-        """A by-ids reply: a bare array; unknown ids are left out (or refused) (docs/worktile.md
-        §5)."""
+        """A by-ids reply: a bare array; unknown ids are left out (or refused)
+        (docs/worktile.md §5)."""
         ids = [i for i in (req.arg(param) or "").split(",") if i]
         if not ids:
             raise self._error(E_MISSING, f"{param}不能为空")
