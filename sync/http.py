@@ -132,6 +132,33 @@ class RefreshingToken(Auth):
         self._token, self._expires_at = self._fetch()
 
 
+def app_token_clients(instance: str, base_url: str, fetch: Callable[[], tuple[str, float]], *,
+                      rate_limits: dict[str, RateLimit], token_auth: type[RefreshingToken]
+                      = RefreshingToken, clock: Callable[[], float] = time.time,
+                      session: requests.Session | None = None, **common: Any
+                      ) -> tuple[SecretsInRequest, "HttpClient", "HttpClient"]:
+    """The clients of an app that trades its client id and secret for an access token (PingCode,
+    Worktile): the token endpoint's client, whose request carries the secret (set the returned
+    ``SecretsInRequest.value`` once it is read, so it stays out of logs and errors), and the API
+    client, whose ``token_auth`` calls ``fetch`` when the token is due or refused. ``common``
+    (``map_error``, ``sleep``, ``monotonic``) goes to both; the rate limit only to the API."""
+    session = session or requests.Session()
+    credentials = SecretsInRequest()
+    token_http = HttpClient(f"{instance} (token)", base_url, auth=credentials, session=session,
+                            **common)
+    api = HttpClient(instance, base_url, auth=token_auth(fetch, early_s=0, clock=clock),
+                     rate_limits=rate_limits, session=session, **common)
+    return credentials, token_http, api
+
+
+def renew_at(expires_in: float, now: float, early_s: float) -> float:
+    """When to renew a token the service says lasts ``expires_in``: seconds from ``now``, or an
+    epoch when above 1e9 (PingCode and Worktile answer either: docs/pingcode.md §3.1,
+    docs/worktile.md §2); ``early_s`` before it expires, or half-way for a short-lived token."""
+    expires_at = expires_in if expires_in > 1e9 else now + expires_in
+    return expires_at - min(early_s, max(0.0, expires_at - now) / 2)
+
+
 # --- throttling and error mapping ---------------------------------------------------------------
 
 @dataclass

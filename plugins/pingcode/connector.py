@@ -27,8 +27,8 @@ from sync.connectors import (InstanceContext, NewRequirement, RateLimit, Require
                              workflow_path)
 from sync.errors import (AuthError, ConfigError, DealsyncError, ItemError, NotFound, RemoteError,
                          TransitionError)
-from sync.http import (HttpClient, RefreshingToken, SecretsInRequest, body_code, default_error,
-                       describe)
+from sync.http import (app_token_clients, body_code, default_error, describe,
+                       renew_at)
 
 log = logging.getLogger("dealsync.pingcode")
 
@@ -199,15 +199,9 @@ class PingCodeConnector(TrackerConnector):
         super().__init__(ctx)
         base_url = self.settings.get("base_url", "https://open.pingcode.com")
         self._clock = clock
-        session = session or requests.Session()
-        self._credentials = SecretsInRequest()
-        self._token_http = HttpClient(f"{self.name} (token)", base_url, auth=self._credentials,
-                                      map_error=map_error, sleep=sleep, monotonic=monotonic,
-                                      session=session)
-        self.http = HttpClient(
-            self.name, base_url, auth=RefreshingToken(self._fetch_token, early_s=0, clock=clock),
-            rate_limits=self.rate_limits(), map_error=map_error,
-            sleep=sleep, monotonic=monotonic, session=session)
+        self._credentials, self._token_http, self.http = app_token_clients(
+            self.name, base_url, self._fetch_token, rate_limits=self.rate_limits(), clock=clock,
+            session=session, map_error=map_error, sleep=sleep, monotonic=monotonic)
         self.clients += [self._token_http, self.http]
         self.kind = self._item_kind()
         self._workflow: Workflow | None = None
@@ -244,11 +238,8 @@ class PingCodeConnector(TrackerConnector):
         self._credentials.value = secret
         body = self._token_http.json("GET", "/v1/auth/token", params={
             "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
-        now = self._clock()
         expires_in = float(body.get("expires_in") or TOKEN_LIFETIME_S)
-        expires_at = expires_in if expires_in > 1e9 else now + expires_in
-        early = min(TOKEN_EARLY_S, max(0.0, expires_at - now) / 2)
-        return body["access_token"], expires_at - early
+        return body["access_token"], renew_at(expires_in, self._clock(), TOKEN_EARLY_S)
 
     def _get(self, path: str, **params: Any) -> Any:
         """GET ``path`` under the item kind's API prefix (/v1/pjm, /v1/project or /v1/ship)."""

@@ -39,8 +39,8 @@ from sync.connectors import (InstanceContext, NewRequirement, RateLimit, Require
                              workflow_path)
 from sync.errors import (AmbiguousWrite, AuthError, ConfigError, DealsyncError, ItemError,
                          RemoteError, TransitionError)
-from sync.http import (HttpClient, RefreshingToken, SecretsInRequest, default_error,
-                       describe)
+from sync.http import (RefreshingToken, app_token_clients, default_error, describe,
+                       renew_at)
 
 log = logging.getLogger("dealsync.worktile")
 
@@ -295,15 +295,10 @@ class WorktileConnector(TrackerConnector):
         super().__init__(ctx)
         base_url = str(self.settings.get("base_url", DEFAULT_BASE_URL))
         self._clock = clock
-        session = session or requests.Session()
-        self._credentials = SecretsInRequest()
-        self._token_http = HttpClient(f"{self.name} (token)", base_url, auth=self._credentials,
-                                      map_error=map_error, sleep=sleep, monotonic=monotonic,
-                                      session=session)
-        self.http = HttpClient(self.name, base_url,
-                               auth=TenantToken(self._fetch_token, early_s=0, clock=clock),
-                               rate_limits=self.rate_limits(), map_error=map_error,
-                               sleep=sleep, monotonic=monotonic, session=session)
+        self._credentials, self._token_http, self.http = app_token_clients(
+            self.name, base_url, self._fetch_token, rate_limits=self.rate_limits(),
+            token_auth=TenantToken, clock=clock, session=session, map_error=map_error,
+            sleep=sleep, monotonic=monotonic)
         self.clients += [self._token_http, self.http]
         # The token call stays outside: it is made by a request already holding a slot, before
         # that request is sent, so a slot never holds two requests on the wire.
@@ -356,11 +351,8 @@ class WorktileConnector(TrackerConnector):
                             f"{_message(response, error_code(response))}",
                             hint=f"check client_id and client_secret of instance {self.name!r} "
                                  "(`dealsync auth status`) against the app in Worktile")
-        now = self._clock()
         expires_in = float(body.get("expires_in") or DEFAULT_TOKEN_TTL_S)
-        expires_at = expires_in if expires_in > 1e9 else now + expires_in
-        early = min(TOKEN_EARLY_S, max(0.0, expires_at - now) / 2)
-        return str(token), expires_at - early
+        return str(token), renew_at(expires_in, self._clock(), TOKEN_EARLY_S)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API call under the in-flight cap; its body, checked (``_body``)."""
