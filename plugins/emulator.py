@@ -31,6 +31,16 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 
+#: What the Chinese trackers' emulators (PingCode, Worktile) seed alike: the demo app whose
+#: credentials dealsync's demo uses, and three people to own and edit items.
+DEMO_APPS = [{"client_id": "dealsync-demo", "client_secret": "demo-secret", "name": "dealsync"}]
+DEMO_USERS = [
+    {"name": "lina", "display_name": "李娜", "email": "lina@example.com"},
+    {"name": "wangwei", "display_name": "王伟", "email": "wangwei@example.com"},
+    {"name": "zhangmin", "display_name": "张敏", "email": "zhangmin@example.com"},
+]
+
+
 class VirtualClock:
     """Time that moves only when told to (plus an optional tick per request)."""
 

@@ -171,6 +171,13 @@ def run_dealsync(config: Path, env: dict, *args: str, timeout: float = 300):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+class Sleeps(list):
+    """A connector's ``sleep`` for tests: records each wait instead of sleeping."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
 @pytest.fixture
 def rsps():
     """HTTP replies with `responses`. Replies left unused are allowed: tests register ones

@@ -10,6 +10,7 @@ import pytest
 import responses
 from responses import matchers
 
+from conftest import Sleeps
 from plugins.hubspot.connector import HubSpotConnector
 from sync.connectors import InstanceContext, RateLimit
 from sync.errors import (AmbiguousWrite, AuthError, ItemError, NotFound, RateLimitExhausted,
@@ -35,11 +36,6 @@ NOW = 1735732800.0  # 2025-01-01T12:00:00Z
 def rsps():
     with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
         yield mock
-
-
-class Sleeps(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 import requests
 import responses
 
+from conftest import Sleeps
 from plugins.salesforce.connector import QueryTimeout, SalesforceConnector
 from plugins.salesforce.schema import make_id
 from sync.connectors import InstanceContext
@@ -38,11 +39,6 @@ USAGE = {"Sforce-Limit-Info": "api-usage=10/100000"}
 def rsps():
     with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
         yield mock
-
-
-class Sleeps(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.fixture

@@ -37,8 +37,8 @@ from datetime import date, datetime, time as dtime, timezone
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from plugins.emulator import (Emulator, Fault, HttpError, RealtimeClock, Request, Response,
-                              SlidingWindow, VirtualClock, serve_main)
+from plugins.emulator import (DEMO_APPS, DEMO_USERS, Emulator, Fault, HttpError, RealtimeClock,
+                              Request, Response, SlidingWindow, VirtualClock, serve_main)
 from sync.connectors import workflow_path
 
 PREFIX = r"(?P<prefix>/v1/(?:pjm|project))"
@@ -173,12 +173,8 @@ IDEA_STATES = [("待评审", "pending"), ("已规划", "in_progress"), ("开发�
 IDEA_REFUSED = [("已拒绝", "已发布")]
 
 DEFAULT_SEED: dict[str, Any] = {
-    "apps": [{"client_id": "dealsync-demo", "client_secret": "demo-secret", "name": "dealsync"}],
-    "users": [
-        {"name": "lina", "display_name": "李娜", "email": "lina@example.com"},
-        {"name": "wangwei", "display_name": "王伟", "email": "wangwei@example.com"},
-        {"name": "zhangmin", "display_name": "张敏", "email": "zhangmin@example.com"},
-    ],
+    "apps": DEMO_APPS,
+    "users": DEMO_USERS,
     "projects": [{
         "identifier": "SCR", "name": "Scrum 示例项目", "type": "scrum",
         "types": [

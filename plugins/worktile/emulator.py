@@ -38,8 +38,8 @@ from datetime import date, datetime, time as dtime, timezone
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from plugins.emulator import (Emulator, Fault, HttpError, RealtimeClock, Request, Response,
-                              SlidingWindow, VirtualClock, serve_main)
+from plugins.emulator import (DEMO_APPS, DEMO_USERS, Emulator, Fault, HttpError, RealtimeClock,
+                              Request, Response, SlidingWindow, VirtualClock, serve_main)
 
 PREFIX = "/open-api"
 ID = r"(?P<id>[^/]+)"
@@ -153,12 +153,8 @@ def _all_pairs(names: list[str]) -> list[tuple[str, str]]:
 TASK_STATES = ["未开始", "进行中", "已完成", "已取消"]
 BUG_STATES = ["打开", "修复中", "已解决", "关闭"]
 DEFAULT_SEED: dict[str, Any] = {
-    "apps": [{"client_id": "dealsync-demo", "client_secret": "demo-secret", "name": "dealsync"}],
-    "users": [
-        {"name": "lina", "display_name": "李娜", "email": "lina@example.com"},
-        {"name": "wangwei", "display_name": "王伟", "email": "wangwei@example.com"},
-        {"name": "zhangmin", "display_name": "张敏", "email": "zhangmin@example.com"},
-    ],
+    "apps": DEMO_APPS,
+    "users": DEMO_USERS,
     "states": STATES,
     "properties": CUSTOM_PROPERTIES,
     "task_types": [
