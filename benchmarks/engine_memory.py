@@ -24,6 +24,7 @@ from sync.connectors import InstanceContext
 from sync.engine import Options, Pair, run_pair
 from sync.mapping import load_mapping
 from sync.state import StateStore
+from sync.words import counted
 
 MAPPING = Path(__file__).resolve().parent.parent / "tests" / "data" / "memory-mapping.toml"
 
@@ -61,21 +62,27 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def memory_pair(deals: int, share: int = 5) -> tuple[World, Pair]:
+    """A memory world of ``deals`` deals, every ``share``-th asking for a new requirement and
+    the others naming it by key (MEM-n), and a pair over it with the guards out of the way."""
+    world = World()
+    for n in range(deals):
+        request = f"Feature {n}" if n % share == 0 else f"MEM-{n // share + 1}"
+        world.add_deal(f"d{n:06d}", request=request, pipeline="sales", amount=str(1000 + n),
+                       company=f"Company {n % 300}")
+    crm = MemoryCRM(InstanceContext("crm", {}, lambda n: ""), world=world)
+    tracker = MemoryTracker(InstanceContext("tracker", {}, lambda n: ""), world=world)
+    return world, Pair("bench", crm, tracker, load_mapping(str(MAPPING)),
+                       guard_min_links=10**9, max_creates=10**9)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deals", type=int, default=10_000)
     parser.add_argument("--share", type=int, default=5,
                         help="deals per requirement (every Nth deal creates, the rest link)")
     args = parser.parse_args()
-    world = World()
-    for n in range(args.deals):
-        request = f"Feature {n}" if n % args.share == 0 else f"MEM-{n // args.share + 1}"
-        world.add_deal(f"d{n:06d}", request=request, pipeline="sales", amount=str(1000 + n),
-                       company=f"Company {n % 300}")
-    crm = MemoryCRM(InstanceContext("crm", {}, lambda n: ""), world=world)
-    tracker = MemoryTracker(InstanceContext("tracker", {}, lambda n: ""), world=world)
-    pair = Pair("bench", crm, tracker, load_mapping(str(MAPPING)), guard_min_links=10**9,
-                max_creates=10**9)
+    world, pair = memory_pair(args.deals, args.share)
     world_rss = rss_mib()
     print(f"{'world of ' + format(args.deals, ',') + ' deals built':<28} RSS {world_rss:6.0f} MiB")
     timer = GcTimer()
@@ -106,8 +113,9 @@ def main() -> None:
                   f"(engine {peak - world_rss:5.0f})  calls {summary['api_calls']}  {counts}")
         store.close()
     deals_changed, reqs_changed = changed
-    print(f"1% changed: {deals_changed:,} deal amounts and {reqs_changed:,} requirement "
-          f"priorities edited; the fewest writes are one per requirement whose deal list "
+    print(f"1% changed: {counted(deals_changed, 'deal amount')} and "
+          f"{counted(reqs_changed, 'requirement priority', 'requirement priorities')} "
+          f"edited; the fewest writes are one per requirement whose deal list "
           f"changed and one per deal whose requirement's priority changed (the counts above)")
 
 

@@ -23,14 +23,12 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from plugins.memory import MemoryCRM, MemoryTracker, World  # noqa: E402
-from sync.connectors import InstanceContext  # noqa: E402
-from sync.engine import Options, Pair, run_pair  # noqa: E402
-from sync.mapping import load_mapping  # noqa: E402
+from engine_memory import memory_pair  # noqa: E402
+from sync.engine import Options, run_pair  # noqa: E402
 from sync.state import StateStore, now_utc, open_store, ts  # noqa: E402
 
-MAPPING = ROOT / "tests" / "data" / "memory-mapping.toml"
 PAIRS = 100  # the links are spread over this many pairs
 FIELDS = ("status", "priority", "delivery")
 SECONDS = 3.0  # each operation is repeated for this long
@@ -96,15 +94,7 @@ def operations(store: StateStore, links: int) -> dict[str, float]:
 
 
 def first_sync(store: StateStore, deals: int) -> float:
-    world = World()
-    for n in range(deals):  # every fifth deal asks for a new requirement, the rest name one
-        request = f"Feature {n}" if n % 5 == 0 else f"MEM-{n // 5 + 1}"
-        world.add_deal(f"d{n:06d}", request=request, pipeline="sales", amount=str(1000 + n),
-                       company=f"Company {n % 300}")
-    crm = MemoryCRM(InstanceContext("crm", {}, lambda n: ""), world=world)
-    tracker = MemoryTracker(InstanceContext("tracker", {}, lambda n: ""), world=world)
-    pair = Pair("bench", crm, tracker, load_mapping(str(MAPPING)), guard_min_links=10**9,
-                max_creates=10**9)
+    _, pair = memory_pair(deals)  # every fifth deal asks for a new requirement, the rest name one
     started = time.perf_counter()
     summary = run_pair(pair, store, Options())
     assert summary["status"] == "ok", summary["errors"][:3]
