@@ -29,6 +29,7 @@ from .check import check_pair
 from .config import Config, PairConfig, config_path, load_config
 from .engine import Options, run_pair
 from .errors import ConfigError, DealsyncError, PluginError
+from .files import write_private
 from .manager import call_strict, describe_plugins, notify
 from .progress import (EVERY_ENV, LOG_FORMATS, Every, end_progress, json_logs, parse_every,
                        progress_printer, setup_logging, start_progress)
@@ -569,7 +570,7 @@ def init(ctx: click.Context, crm: str | None, crm_name: str | None,
     crm_instance, tracker_instance, mapping_ref, pair = asker.run(path.parent)
     text = wizard.render(crm_instance, tracker_instance, mapping_ref, pair)
     wizard.validate(text, path)
-    wizard.write_private(path, text)
+    write_private(path, text)
     flag = f" -c {path}" if config_flag else ""
     click.echo(f"\nwrote {path}\n\nNext steps:")
     secrets = wizard.secret_steps([crm_instance, tracker_instance], flag)

@@ -38,6 +38,7 @@ from .check import check_pair, field_roles, field_specs
 from .config import Config, PairConfig, load_config
 from .engine import Options, run_pair
 from .errors import ConfigError
+from .files import write_private
 from .mapping import Mapping
 from .progress import end_progress
 from .report import format_report, pipeline_report
@@ -494,9 +495,8 @@ def start(folder: Path, crm: DemoCRM | None = None,
         **{crm.url_key: crm_url, tracker.url_key: tracker_url}, crm=crm.instance,
         tracker=tracker.instance, pair=PAIR_NAME), encoding="utf-8")
     env = secrets(crm, tracker)
-    (folder / "demo.env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()),
-                                     encoding="utf-8")
-    (folder / "demo.env").chmod(0o600)  # credentials, even if only the emulators'
+    # credentials, even if only the emulators'
+    write_private(folder / "demo.env", "".join(f"export {k}={v}\n" for k, v in env.items()))
     os.environ.update(env)
     return DemoWorld(crm, tracker, folder, config_path, [])
 

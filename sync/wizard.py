@@ -12,7 +12,6 @@ is written, 0600 like every file dealsync writes (README, "What dealsync stores 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -292,16 +291,6 @@ def render(crm: Instance, tracker: Instance, mapping: str, pair: str) -> str:
 def validate(text: str, path: Path) -> None:
     """Load the text as ``dealsync check`` loads the file; raise its ``ConfigError`` if not."""
     parse_config(tomllib.loads(text), path)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` readable by this user only (0600), the way the state store is created
-    (sync/state/sqlite.py); a folder made for it is 0700."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.chmod(path, 0o600)  # an existing file (--force) keeps its mode otherwise
 
 
 def secret_steps(instances: list[Instance], config_flag: str) -> list[str]:

@@ -36,7 +36,7 @@ LINKS_PER_STEP = 500  # links in a row stored in one transaction (they call no s
 class Applier:
     def __init__(self, pair, store: StateStore, ctx: PlanContext, counts: dict[str, int],
                  errors: list[str], notify: Callable[..., None],
-                 progress: Callable[..., None], concurrent: bool = True):
+                 progress: Callable[..., None], concurrent: bool = False):
         self.pair, self.store, self.ctx = pair, store, ctx
         self.name = pair.name
         self.counts, self.errors = counts, errors
@@ -46,7 +46,7 @@ class Applier:
         self._remote_failures = 0
         self._deals_sent = 0
         self._deals_total: int | None = None  # for progress(what, count, total)
-        self.concurrent = concurrent  # both services at once where the connectors allow
+        self.concurrent = concurrent  # the CRM is written on a lane of its own (lanes.py)
 
     # -- failures --------------------------------------------------------------------------------
     def guarded(self, action: Callable[[], T], kind: str,
@@ -192,15 +192,12 @@ class Applier:
         deals = [a for a in actions if isinstance(a, UpdateDeal)]
         self._announce_writes(actions, deals)
         size = max(1, self.pair.crm.batch_size)
-        crm, tracker = self.pair.crm, self.pair.tracker
-        with Lane(f"dealsync-{crm.name}", self.concurrent and crm.concurrent
-                  and tracker.concurrent) as lane:
+        with Lane(f"dealsync-{self.pair.crm.name}", self.concurrent) as lane:
             # Deals that wait for no requirement update go to the CRM on the lane while the
             # tracker is written, in full batches only, so the batches add up as on one thread.
             early = [a for a in deals if not a.waits] if lane.enabled else []
             early = early[:len(early) // size * size]
-            sent = [(batch, lane.submit(crm.update, [(a.deal_id, dict(a.values)) for a in batch]))
-                    for batch in _batches(early, size)]
+            sent = [(batch, lane.submit(self._send, batch)) for batch in _batches(early, size)]
             failed_reqs = self._update_requirements(
                 [a for a in actions if isinstance(a, UpdateRequirement)],
                 between=lambda: self._store_sent(sent, wait=False))
@@ -316,9 +313,12 @@ class Applier:
                 ready.append(action)
         written: set[str] = set()
         for batch in _batches(ready, max(1, self.pair.crm.batch_size)):
-            written |= self._store_batch(batch, lambda: self.pair.crm.update(
-                [(a.deal_id, dict(a.values)) for a in batch]))
+            written |= self._store_batch(batch, lambda: self._send(batch))
         return written - partial
+
+    def _send(self, batch: list[UpdateDeal]) -> list[WriteResult]:
+        """One CRM batch write (a service call only: it may run on the CRM's lane)."""
+        return self.pair.crm.update([(a.deal_id, dict(a.values)) for a in batch])
 
     def _store_sent(self, sent: list[tuple[list[UpdateDeal], Future]], wait: bool) -> set[str]:
         """Store the batches the lane has answered, in the order they were sent (all of them

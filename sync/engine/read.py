@@ -38,7 +38,7 @@ READ_AHEAD = timedelta(hours=1)
 
 class Reader:
     def __init__(self, pair, store: StateStore, started: datetime, force: bool,
-                 progress: Callable[..., None], concurrent: bool = True):
+                 progress: Callable[..., None], concurrent: bool = False):
         self.pair = pair
         self.store = store
         self.started = started
@@ -48,8 +48,7 @@ class Reader:
         self.counts = {"deals_read": 0, "requirements_read": 0}
         self.verify: dict[str, list[str]] = {"crm": [], "tracker": []}
         self.positions: dict[str, int] = {}
-        # reads of the two services overlap where both connectors allow (lanes.py)
-        self.concurrent = concurrent and pair.crm.concurrent and pair.tracker.concurrent
+        self.concurrent = concurrent  # the tracker is read on a lane of its own (lanes.py)
 
     def _both(self, tracker_read: Callable[[Lane], T], crm_read: Callable[[Future], U]
               ) -> tuple[U, T]:

@@ -109,6 +109,9 @@ class Run:
         self.waiting: list[str] = []  # dry run: what phase two cannot plan before phase one
         self.stop: dict[str, Any] | None = None  # why the run stopped, if it did
         self._clock = time.monotonic()
+        # read once: the hook is called for every step
+        self._hook_takes_total = (self.options.progress is not None
+                                  and _takes_total(self.options.progress))
         self._calls_before = self._api_calls()
 
     def execute(self) -> dict[str, Any]:
@@ -134,7 +137,7 @@ class Run:
         ctx = planners.PlanContext(self.pair.name, self.pair.tracker.name, self.pair.mapping,
                                    key_pattern(self.pair), unwritable(self.pair))
         reader = Reader(self.pair, self.store, self.started, self.options.force, self._progress,
-                        self.options.concurrent)
+                        self._lanes())
         view = reader.load(self.options.retry_all)
         existing_seq = max((link.seq for link in view.links), default=0)
         reader.verify_slice(view)
@@ -151,7 +154,7 @@ class Run:
         self._judge(link_actions + field_actions, view, existing_seq)
 
         applier = Applier(self.pair, self.store, ctx, self.counts, self.errors, self._notify,
-                          self._progress, self.options.concurrent)
+                          self._progress, self._lanes())
         if self.options.dry_run:
             new_links = preview_links(link_actions, self.pair.name, existing_seq)
             self.waiting = [f"phase two waits for {a.title!r} to be created: its deals "
@@ -172,6 +175,12 @@ class Run:
         applier.fields(field_actions, view)
         self._settle(view, applier, crm_cursor, tracker_cursor, reader.positions)
         return "partial" if self.counts["failures"] else "ok"
+
+    def _lanes(self) -> bool:
+        """Whether this run uses both services at once: asked for, and both connectors allow
+        it (``lanes.py``)."""
+        return self.options.concurrent and self.pair.crm.concurrent and \
+            self.pair.tracker.concurrent
 
     def _plan_links(self, reader: Reader, view: View, ctx: planners.PlanContext) -> list[Action]:
         reader.resolve_keys(view, planners.wanted_keys(view, ctx))
@@ -264,7 +273,7 @@ class Run:
         hook = self.options.progress
         if hook is None:
             return
-        if total is not None and _takes_total(hook):
+        if total is not None and self._hook_takes_total:
             hook(what, count, total)
         else:  # a hook written for progress(what, count) keeps working
             hook(what, count)
