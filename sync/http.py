@@ -151,12 +151,19 @@ def app_token_clients(instance: str, base_url: str, fetch: Callable[[], tuple[st
     return credentials, token_http, api
 
 
-def renew_at(expires_in: float, now: float, early_s: float) -> float:
-    """When to renew a token the service says lasts ``expires_in``: seconds from ``now``, or an
-    epoch when above 1e9 (PingCode and Worktile answer either: docs/pingcode.md §3.1,
-    docs/worktile.md §2); ``early_s`` before it expires, or half-way for a short-lived token."""
-    expires_at = expires_in if expires_in > 1e9 else now + expires_in
-    return expires_at - min(early_s, max(0.0, expires_at - now) / 2)
+def renew_at(expires_in: float, now: float, early_s: float,
+             service_now: datetime | None = None) -> float:
+    """When, on this machine's clock ``now``, to renew a token the service says lasts
+    ``expires_in``: seconds, or an epoch when above 1e9 (PingCode and Worktile answer either:
+    docs/pingcode.md §3.1, docs/worktile.md §2); ``early_s`` before it expires, or half-way for
+    a short-lived token. An epoch is the service's clock: with ``service_now`` (the token
+    answer's ``Date``) it becomes a lifetime first, so a service clock behind this machine's
+    does not make every token look expired and renewed before each call."""
+    if expires_in > 1e9:
+        base = service_now.timestamp() if service_now is not None else now
+        expires_in = expires_in - base
+    expires_at = now + expires_in
+    return expires_at - min(early_s, max(0.0, expires_in) / 2)
 
 
 # --- throttling and error mapping ---------------------------------------------------------------

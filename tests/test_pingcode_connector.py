@@ -143,6 +143,33 @@ def test_absolute_expiry_is_refreshed_a_day_early(rsps):
     assert len(calls(rsps, "GET", "/v1/auth/token")) == 2
 
 
+@pytest.mark.parametrize("skew_s", [-400 * 86400, -2 * 3600, 3 * 3600])
+def test_absolute_expiry_is_read_on_the_services_clock(rsps, skew_s):
+    """The epoch is PingCode's clock; its Date header says where that clock stands. A service
+    clock a year or two hours behind this machine's must not make each token look expired
+    (a token fetched before every call), nor one ahead make it last longer."""
+    from email.utils import formatdate
+    service_now = NOW + skew_s
+    rsps.get(BASE + "/v1/auth/token", json={"access_token": "tok-1", "token_type": "Bearer",
+                                            "expires_in": service_now + 30 * 86400},
+             headers={"Date": formatdate(service_now, usegmt=True)})
+    add_metadata(rsps)
+    clock = Clock()
+    conn = connector(clock)
+    for _ in range(3):
+        conn._workflow = None
+        conn.field_values("status")
+    assert len(calls(rsps, "GET", "/v1/auth/token")) == 1
+    clock.now += 28 * 86400  # on this machine's clock: still more than a day to go
+    conn._workflow = None
+    conn.field_values("status")
+    assert len(calls(rsps, "GET", "/v1/auth/token")) == 1
+    clock.now += 1.5 * 86400  # within the last day of the 30
+    conn._workflow = None
+    conn.field_values("status")
+    assert len(calls(rsps, "GET", "/v1/auth/token")) == 2
+
+
 def test_duration_expiry_is_read_as_seconds_from_now(rsps):
     add_token(rsps, expires_in=3600)
     add_metadata(rsps)

@@ -352,7 +352,8 @@ class WorktileConnector(TrackerConnector):
                             hint=f"check client_id and client_secret of instance {self.name!r} "
                                  "(`dealsync auth status`) against the app in Worktile")
         expires_in = float(body.get("expires_in") or DEFAULT_TOKEN_TTL_S)
-        return str(token), renew_at(expires_in, self._clock(), TOKEN_EARLY_S)
+        return str(token), renew_at(expires_in, self._clock(), TOKEN_EARLY_S,
+                                    self._token_http.server_time())
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API call under the in-flight cap; its body, checked (``_body``)."""
