@@ -15,7 +15,7 @@ state store, parsing) weighs as much as it ever can; ``--latency-ms`` adds a rou
 every answer of both sides alike, as the network to a SaaS API does, and dealsync's lanes then
 overlap the two services where the bare loop cannot.
 
-    python benchmarks/replay.py [--deals 1000] [--new 300] [--keys 10] [--repeat 5]
+    python benchmarks/replay.py [--deals 1000] [--new 300] [--keys 10] [--repeat 9]
     python benchmarks/replay.py --latency-ms 20  # a round trip of 20 ms on every answer
     python benchmarks/replay.py --profile 25     # and where dealsync's own CPU goes (cProfile)
 """
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deals", type=int, default=1000)
     parser.add_argument("--new", type=int, default=300, help="distinct new requirements")
     parser.add_argument("--keys", type=int, default=10, help="existing requirements named")
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each side, alternating")
+    parser.add_argument("--repeat", type=int, default=9, help="runs of each side, alternating")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="a network round trip the emulators add to every answer, for "
                              "both sides alike (default 0: loopback)")
@@ -248,6 +248,12 @@ def report(args: argparse.Namespace, summary: dict[str, Any], calls: list[dict[s
           f"{(sync_m - replay_m) / len(calls) * 1000:.2f} ms")
     print(f"ratio {sync_m:.2f} / {replay_m:.2f} = {ratio:.2f} (limit 1.30): "
           f"{'within' if ratio <= 1.3 else 'over'}")
+    if len(sync_s) >= 4:  # how far the machine moves the figure from one pair to the next
+        paired = sorted(s / r for s, r in zip(sync_s, replay_s))
+        quartiles = statistics.quantiles(paired, n=4)
+        print(f"paired runs (each sync / the loop right after it): median "
+              f"{statistics.median(paired):.2f}, middle half "
+              f"{quartiles[0]:.2f}-{quartiles[2]:.2f}, all {paired[0]:.2f}-{paired[-1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -577,10 +577,9 @@ class HttpClient:
         call.attempts += 1
         started = self._monotonic()
         try:
-            response = self._session.request(
-                call.method, call.url, params=params, json=call.kwargs["json"],
-                data=call.kwargs["data"], headers=headers, timeout=self.timeout,
-                verify=self._verify, proxies=self._proxies_for(call.url))
+            response = self._session.send(
+                self._prepare(call, params, headers), timeout=self.timeout,
+                verify=self._verify, proxies=self._proxies_for(call.url), allow_redirects=True)
         except requests.exceptions.SSLError as exc:
             self._limiter.done(slots)
             raise RemoteError(f"{self._where(call)}: TLS failure: {self._clean(str(exc))}",
@@ -598,6 +597,20 @@ class HttpClient:
         self._date = response.headers.get("Date") or self._date
         self._log_attempt(call, response.status_code, started)
         return self._classify(call, response)
+
+    def _prepare(self, call: _Call, params: Any, headers: dict[str, str]
+                 ) -> requests.PreparedRequest:
+        """The request as ``Session.request`` prepares it, without the per-call merging it
+        does for what dealsync never sets per call (request cookies, auth objects, the
+        environment, which is read once per host): the session's headers, then the call's;
+        the session's cookies and hooks as they are. About 50 µs a call instead of 180 µs
+        (docs/performance.md §3)."""
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=call.method, url=call.url, params=params,
+                         headers={**self._session.headers, **headers},
+                         json=call.kwargs["json"], data=call.kwargs["data"],
+                         cookies=self._session.cookies, hooks=self._session.hooks)
+        return prepared
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         """The proxies the environment names for ``url``'s host (none where NO_PROXY

@@ -142,6 +142,53 @@ def test_crash_after_create_before_state_write_recovers_by_marker(h, monkeypatch
     assert h.store.intents("p") == []
 
 
+def test_each_create_is_sent_with_its_intents_stored_one_commit_each(h, monkeypatch):
+    """A create is sent only once its deals' intents are stored; the next create's intents
+    ride in the previous create's transaction (docs/engine.md §2, step 8), so creates cost one
+    commit each and a run that stops leaves at most the next create's intents behind."""
+    for n in range(4):
+        h.deal(f"d{n}", f"Feature {n}")
+    seen = []
+    create, add_intents = h.tracker.create, h.store.add_intents
+
+    def watched_create(new):
+        seen.append((new.marker, sorted(i["marker"] for i in h.store.intents("p"))))
+        return create(new)
+
+    own_transaction = []
+
+    def watched_intents(*args, **kwargs):
+        own_transaction.append(not h.store._in_transaction)
+        return add_intents(*args, **kwargs)
+
+    monkeypatch.setattr(h.tracker, "create", watched_create)
+    monkeypatch.setattr(h.store, "add_intents", watched_intents)
+    h.sync()
+    assert seen == [(f"dealsync:p:d{n}", [f"dealsync:p:d{n}"]) for n in range(4)]
+    assert own_transaction == [True, False, False, False]
+    assert h.store.intents("p") == []
+
+
+def test_a_failed_create_stores_the_next_ones_intents_itself(h, monkeypatch):
+    for n in range(3):
+        h.deal(f"d{n}", f"Feature {n}")
+    h.world.failing_ids.add("dealsync:p:d1")
+    seen = []
+    create = h.tracker.create
+
+    def watched_create(new):
+        seen.append((new.marker, sorted(i["marker"] for i in h.store.intents("p"))))
+        return create(new)
+
+    monkeypatch.setattr(h.tracker, "create", watched_create)
+    h.sync()
+    assert seen == [("dealsync:p:d0", ["dealsync:p:d0"]),
+                    ("dealsync:p:d1", ["dealsync:p:d1"]),
+                    ("dealsync:p:d2", ["dealsync:p:d1", "dealsync:p:d2"])]
+    # the failed create's intent stays: the next run looks for its marker first
+    assert [i["marker"] for i in h.store.intents("p")] == ["dealsync:p:d1"]
+
+
 def test_wiped_state_store_relinks_without_duplicates(h, tmp_path):
     for n in range(4):
         h.deal(f"d{n}", f"Feature {n}")

@@ -46,6 +46,7 @@ class Applier:
         self._remote_failures = 0
         self._deals_sent = 0
         self._deals_total: int | None = None  # for progress(what, count, total)
+        self._intended: set[int] = set()  # creates whose intents are stored (by id())
         self.concurrent = concurrent  # the CRM is written on a lane of its own (lanes.py)
 
     # -- failures --------------------------------------------------------------------------------
@@ -91,6 +92,8 @@ class Applier:
         made: list[Link] = []
         created: dict[str, Requirement] = {}  # by key: a deal may name one created just now
         pending: list[LinkRequirement] = []
+        creates = [a for a in actions if isinstance(a, CreateRequirement)]
+        next_create = {id(a): b for a, b in zip(creates, creates[1:])}
         if actions:
             self.progress("created or linked", 0, len(actions))
         for step, action in enumerate(actions, 1):
@@ -111,7 +114,7 @@ class Applier:
                     made += self._links(pending, view)
                     pending = []
             elif isinstance(action, CreateRequirement):
-                links = self._create(action, view)
+                links = self._create(action, view, next_create.get(id(action)))
                 made += links
                 if links:
                     created[links[0].req_key] = view.reqs[links[0].req_id]
@@ -137,11 +140,14 @@ class Applier:
             self._announce(action.deal_id, action.req_key, action.req_url, created=False)
         return links
 
-    def _create(self, action: CreateRequirement, view: View) -> list[Link]:
+    def _create(self, action: CreateRequirement, view: View,
+                following: CreateRequirement | None = None) -> list[Link]:
+        """One create and its links in one step. Intents are stored before the create, so
+        after a crash its markers are looked for; the next create's intents go into this
+        step's transaction, one commit fewer per create (docs/engine.md §6)."""
         first = action.deal_ids[0]
-        # Intents are stored before the create: after a crash the markers are looked for.
-        self.store.add_intents(self.name, list(action.deal_ids), list(action.markers),
-                               action.shared_title)
+        if id(action) not in self._intended:
+            self._intend(action)
         new = NewRequirement(action.title, action.description, dict(action.fields),
                              action.markers[0], action.markers)
         req = self.guarded(lambda: self.pair.tracker.create(new), "create", [(first, "")])
@@ -153,12 +159,19 @@ class Applier:
                                         created_at(req)) for deal_id in action.deal_ids], view)
             self.store.add_shared_request(self.name, action.shared_title, req.id)
             self.store.clear_intents(self.name, action.deal_ids)
+            if following is not None:
+                self._intend(following)
         self.counts["created"] += 1
         self.counts["joined"] += len(action.deal_ids) - 1
         self.succeeded.add(("create", first, ""))
         for deal_id in action.deal_ids:
             self._announce(deal_id, req.key, req.url, created=True)
         return links
+
+    def _intend(self, action: CreateRequirement) -> None:
+        self.store.add_intents(self.name, list(action.deal_ids), list(action.markers),
+                               action.shared_title)
+        self._intended.add(id(action))
 
     def _store_links(self, rows: list[tuple[str, str, str, str | None, str | None, str,
                                             str | None]], view: View) -> list[Link]:

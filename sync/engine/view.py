@@ -12,6 +12,7 @@ import json
 from datetime import datetime
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from ..connectors import Deal, Requirement
@@ -68,6 +69,10 @@ class View:
                 self.links.append(link)
                 self.forced_reqs.add(link.req_id)
 
+    @cached_property
+    def _prefix(self) -> str:
+        return f"{(self.key_prefix or '').upper()}-"
+
     def current_links(self) -> list[Link]:
         """The links with what this run found applied: a gone record or a changed identity
         orphans a link (in the view; ``OrphanLink`` actions make it stick)."""
@@ -87,7 +92,7 @@ class View:
                     f"{req.title!r}, created {req.created_at:%Y-%m-%d %H:%M} UTC) than the one "
                     "this deal was linked to")
         if req is not None and self.key_prefix and \
-                not req.key.upper().startswith(f"{self.key_prefix.upper()}-"):
+                not req.key.upper().startswith(self._prefix):
             return (f"{MOVED_OUT}{link.req_key} was moved out of project {self.key_prefix} (it "
                     f"is now {req.key}); link the deal again by naming a key of "
                     f"{self.key_prefix}")
@@ -180,13 +185,17 @@ def identity_changed(link: Link, req: Requirement) -> bool:
     store creation times to the second, so a difference under one second is the same record."""
     if link.req_created is None or req.created_at is None:
         return False
-    if link.req_created == req.created_at.isoformat():
-        return False
-    linked = datetime.fromisoformat(link.req_created)
+    linked = datetime.fromisoformat(link.req_created)  # cheaper than formatting req's
     return abs((req.created_at - linked).total_seconds()) >= 1
 
 
 def deal_context(deal: Deal, request: str | None) -> dict[str, Any]:
     """What the requirement's block shows of a deal, JSON-safe (and as stored). ``request`` is
     what the deal's request says to its requirements (see ``grammar.request_text``)."""
-    return json.loads(json.dumps({**deal.context(), "request": request}))
+    row = {**deal.context(), "request": request}
+    if all(value is None or type(value) in _JSON_SCALARS for value in row.values()):
+        return row  # already what JSON gives back: the usual case, without the round trip
+    return json.loads(json.dumps(row))
+
+
+_JSON_SCALARS = (str, int, float, bool)

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Iterator
 from ..errors import ConfigError, LockHeld
 from .base import StateStore, now_utc, ts
 
+WAL_CHECKPOINT_PAGES = 8000  # pages of 4 KiB the WAL grows to before a checkpoint
+
 
 def _private(path: Path) -> None:
     """The state holds deal names, companies, amounts and requests: its folder is the user's
@@ -51,6 +53,12 @@ class SqliteStore(StateStore):
         self.db.row_factory = sqlite3.Row
         self._wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # A checkpoint (copying the WAL into the database) is the one write that waits for the
+        # disk (https://www.sqlite.org/wal.html#ckpt). The default runs one every 1,000 pages,
+        # about every 50 steps of a run; every 8,000 pages (32 MiB) the steps of a 1,000-deal
+        # backfill cost one instead of six. The WAL is cut back to that size afterwards.
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._lock_files: dict[str, int] = {}
         super().__init__()
