@@ -544,6 +544,18 @@ class HttpClient:
         return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
 
     def _send_with_retries(self, call: _Call) -> requests.Response:
+        # Nearly every call succeeds at once: the retry machinery is set up only after a first
+        # attempt asks for it, and that attempt counts as its first (docs/performance.md §3).
+        try:
+            return self._attempt(call)
+        except _Retry as first:
+            pending = [first]
+
+        def attempt() -> requests.Response:
+            if pending:
+                raise pending.pop()
+            return self._attempt(call)
+
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
             wait=self._wait,
@@ -553,7 +565,7 @@ class HttpClient:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, call)
+            return retrying(attempt)
         except _Retry as final:
             raise self._gave_up(call, final) from None
 
