@@ -189,6 +189,24 @@ def test_a_failed_create_stores_the_next_ones_intents_itself(h, monkeypatch):
     assert [i["marker"] for i in h.store.intents("p")] == ["dealsync:p:d1"]
 
 
+def test_deals_naming_a_key_created_in_the_same_run_are_linked_in_one_step(h, monkeypatch):
+    h.deal("d0", "Audit trail")  # the tracker will call it MEM-1
+    for n in range(1, 6):
+        h.deal(f"d{n}", "MEM-1, please")
+    batches = []
+    add_links = h.store.add_links
+
+    def counted(pair, rows):
+        batches.append(sorted(row[0] for row in rows))
+        return add_links(pair, rows)
+
+    monkeypatch.setattr(h.store, "add_links", counted)
+    summary = h.sync()
+    assert summary["counts"]["created"] == 1 and summary["counts"]["linked"] == 5
+    assert batches == [["d0"], ["d1", "d2", "d3", "d4", "d5"]]
+    assert {link.deal_id for link in h.store.links("p")} == {f"d{n}" for n in range(6)}
+
+
 def test_wiped_state_store_relinks_without_duplicates(h, tmp_path):
     for n in range(4):
         h.deal(f"d{n}", f"Feature {n}")

@@ -97,32 +97,33 @@ class Applier:
         if actions:
             self.progress("created or linked", 0, len(actions))
         for step, action in enumerate(actions, 1):
-            if isinstance(action, ReportProblem):
-                req = created.get(action.key)
-                if req is None:
-                    self.report(action)
-                else:  # a deal that names keys is in no create, so this link is new
-                    deal = view.deals[action.deal_id]
-                    made.append(self._link(LinkRequirement(
-                        deal.id, deal.name, req.id, req.key, req.url, req.title,
-                        created_at(req), "named"), view))
-            elif isinstance(action, LinkRequirement):
+            if isinstance(action, ReportProblem) and action.key in created:
+                # a key this run has just created: a deal that names keys is in no create,
+                # so this link is new
+                req, deal = created[action.key], view.deals[action.deal_id]
+                action = LinkRequirement(deal.id, deal.name, req.id, req.key, req.url,
+                                         req.title, created_at(req), "named")
+            if isinstance(action, LinkRequirement):
                 # links write nothing remote: a run of them is one step (docs/engine.md §6)
                 pending.append(action)
-                following = actions[step] if step < len(actions) else None
-                if len(pending) >= LINKS_PER_STEP or not isinstance(following, LinkRequirement):
+                if len(pending) >= LINKS_PER_STEP:
                     made += self._links(pending, view)
                     pending = []
-            elif isinstance(action, CreateRequirement):
-                links = self._create(action, view, next_create.get(id(action)))
-                made += links
-                if links:
-                    created[links[0].req_key] = view.reqs[links[0].req_id]
+            else:
+                if pending:
+                    made += self._links(pending, view)
+                    pending = []
+                if isinstance(action, ReportProblem):
+                    self.report(action)
+                elif isinstance(action, CreateRequirement):
+                    links = self._create(action, view, next_create.get(id(action)))
+                    made += links
+                    if links:
+                        created[links[0].req_key] = view.reqs[links[0].req_id]
             self.progress("created or linked", step, len(actions))
+        if pending:
+            made += self._links(pending, view)
         return made
-
-    def _link(self, action: LinkRequirement, view: View) -> Link:
-        return self._links([action], view)[0]
 
     def _links(self, actions: list[LinkRequirement], view: View) -> list[Link]:
         """Links that need no service call, stored in one transaction, then announced."""
