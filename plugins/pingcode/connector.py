@@ -240,7 +240,7 @@ class PingCodeConnector(TrackerConnector):
             "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
         expires_in = float(body.get("expires_in") or TOKEN_LIFETIME_S)
         return body["access_token"], renew_at(expires_in, self._clock(), TOKEN_EARLY_S,
-                                                 self._token_http.server_time())
+                                              self._token_http.server_time())
 
     def _get(self, path: str, **params: Any) -> Any:
         """GET ``path`` under the item kind's API prefix (/v1/pjm, /v1/project or /v1/ship)."""

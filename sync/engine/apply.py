@@ -145,7 +145,7 @@ class Applier:
                 following: CreateRequirement | None = None) -> list[Link]:
         """One create and its links in one step. Intents are stored before the create, so
         after a crash its markers are looked for; the next create's intents go into this
-        step's transaction, one commit fewer per create (docs/engine.md §6)."""
+        step's transaction, one commit fewer per create (docs/engine.md §2, step 8)."""
         first = action.deal_ids[0]
         if id(action) not in self._intended:
             self._intend(action)

@@ -56,7 +56,7 @@ class SqliteStore(StateStore):
         # A checkpoint (copying the WAL into the database) is the one write that waits for the
         # disk (https://www.sqlite.org/wal.html#ckpt). The default runs one every 1,000 pages,
         # about every 50 steps of a run; every 8,000 pages (32 MiB) the steps of a 1,000-deal
-        # backfill cost one instead of six. The WAL is cut back to that size afterwards.
+        # backfill cost at most one instead of six. The WAL is cut back to that size afterwards.
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")
         self.db.execute("PRAGMA foreign_keys=ON")
