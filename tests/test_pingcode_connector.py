@@ -1,6 +1,6 @@
 """The PingCode connector's requests and error mapping, one `responses` fixture per call.
 
-Facts are from docs/pingcode.md (§3.1, §8, §9, §13): GET token with an absolute ``expires_in``,
+Facts are from docs/pingcode.md §3.1, §8, §9, §13: GET token with an absolute ``expires_in``,
 not-found as HTTP 400 ``100317``, string error codes, the search DSL and its day-granular
 time filter, state flows.
 """

@@ -219,7 +219,7 @@ def test_jwt_with_a_broken_key_says_what_to_store(make):
     assert "dealsync auth set acme private_key" in caught.value.hint
 
 
-# --- reading (docs/salesforce.md §2-§4) --------------------------------------------------------
+# --- reading (docs/salesforce.md §2-4) ---------------------------------------------------------
 
 def test_iter_changed_window_order_relationships_and_paging(rsps, make):
     token(rsps)

@@ -352,7 +352,7 @@ class PingCodeConnector(TrackerConnector):
         """Search ``updated_at gte`` the start of ``since``'s day (the filter is day-granular;
         Ship's ``updated_at`` is a time field of the same DSL), drop what is newer than
         ``until``, and de-duplicate by (id, updated_at) because offset paging over unsorted,
-        changing rows can repeat them (docs/pingcode.md §12; also §8, §10). What the day
+        changing rows can repeat them (docs/pingcode.md §8, §10, §12). What the day
         brings from before ``since`` is kept: its pages are paid for, and a linked item among
         them needs no read by id this run (the verify slice)."""
         wf = self.workflow()
@@ -608,7 +608,7 @@ class ItemKind:
 
 
 class WorkItems(ItemKind):
-    """Agile work items of one type in one project (docs/pingcode.md §4 to §9)."""
+    """Agile work items of one type in one project (docs/pingcode.md §4-9)."""
 
     name = "work_item"
     noun = "work item"

@@ -3,7 +3,7 @@
 It owns everything Salesforce-specific between the engine and ``sync.http``: the three OAuth grants
 and a session without an expiry time (docs/salesforce.md §1), the incremental SOQL read on
 ``SystemModstamp`` that keeps ties and halves its window on ``QUERY_TIMEOUT``
-(docs/salesforce.md §2-§4), reads by id, sObject Collections writes of 200 with per-record results
+(docs/salesforce.md §2-4), reads by id, sObject Collections writes of 200 with per-record results
 (docs/salesforce.md §6), describe for missing fields and picklist values, and the setup steps an
 admin follows because the REST API cannot create fields (docs/salesforce.md §7), the daily API
 allocation (docs/salesforce.md §8), the mapping of the error array to ``sync.errors``
@@ -573,7 +573,7 @@ class SalesforceConnector(CRMConnector):
     def iter_changed(self, since: datetime | None, until: datetime,
                      properties: list[str], with_context: bool = True) -> Iterator[Deal]:
         """Opportunities with ``since <= SystemModstamp <= until``, ``ORDER BY SystemModstamp,
-        Id``, paged through ``nextRecordsUrl`` (docs/salesforce.md §2-§4).
+        Id``, paged through ``nextRecordsUrl`` (docs/salesforce.md §2-4).
 
         ``SystemModstamp`` moves on every change, automation's too, and is stored to the
         second: many records share a second, so the lower bound is ``>=`` (a ``>`` cursor
