@@ -34,15 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deals", type=int, default=12_000)
     parser.add_argument("--keys", type=int, default=10)
     args = parser.parse_args(argv)
-    hubspot, pingcode = HubSpotEmulator(), PingCodeEmulator()
-    hubspot.start()
-    pingcode.start()
-    pingcode.config["rate_limit_per_min"] = 200
-    try:
+    with HubSpotEmulator() as hubspot, PingCodeEmulator() as pingcode:
+        pingcode.config["rate_limit_per_min"] = 200
         run(hubspot, pingcode, args.deals, args.keys)
-    finally:
-        hubspot.stop()
-        pingcode.stop()
 
 
 def run(hubspot: HubSpotEmulator, pingcode: PingCodeEmulator, deals: int, keys: int) -> None:

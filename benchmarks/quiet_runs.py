@@ -60,15 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keys", type=int, default=10, help="existing requirements named")
     parser.add_argument("--new", type=int, default=100, help="new requirements asked for")
     args = parser.parse_args(argv)
-    hubspot, pingcode = HubSpotEmulator(), PingCodeEmulator()
-    hubspot.start()
-    pingcode.start()
-    pingcode.config["rate_limit_per_min"] = 200
-    try:
+    with HubSpotEmulator() as hubspot, PingCodeEmulator() as pingcode:
+        pingcode.config["rate_limit_per_min"] = 200
         run(hubspot, pingcode, args)
-    finally:
-        hubspot.stop()
-        pingcode.stop()
 
 
 def run(hubspot: HubSpotEmulator, pingcode: PingCodeEmulator, args: argparse.Namespace) -> None:

@@ -417,6 +417,14 @@ class Emulator:
             self.server.server_close()
             self.server = None
 
+    def __enter__(self) -> "Emulator":
+        """``with HubSpotEmulator() as emu:`` serves on a free port until the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
