@@ -43,12 +43,9 @@ def floor_s(calls: int) -> float:
 
 
 def one(deals: int, reqs: int, concurrent: bool) -> dict:
-    hubspot, pingcode = HubSpotEmulator(realtime=True), PingCodeEmulator(realtime=True)
-    hubspot.start()
-    pingcode.start()
     limits = {"default": {"calls": PER_S, "per_seconds": 1},
               "search": {"calls": PER_S, "per_seconds": 1}}
-    try:
+    with HubSpotEmulator(realtime=True) as hubspot, PingCodeEmulator(realtime=True) as pingcode:
         hubspot.configure(burst_max=PER_S, burst_window_ms=1000, search_rps=PER_S)
         pingcode.config.update(rate_limit_per_min=PER_S, rate_limit_window_s=1)
         hubspot_connector(hubspot, virtual_time=False).ensure_fields(MAPPING.crm_schema())
@@ -86,9 +83,6 @@ def one(deals: int, reqs: int, concurrent: bool) -> dict:
                 "429s": sum(1 for side in log.values() for r in side if r["status"] == 429),
                 "updated_crm": summary["counts"]["updated_crm"],
                 "updated_tracker": summary["counts"]["updated_tracker"]}
-    finally:
-        hubspot.stop()
-        pingcode.stop()
 
 
 def main(argv: list[str] | None = None) -> dict:

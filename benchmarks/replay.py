@@ -181,14 +181,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="also profile one sync and print its N costliest functions")
     args = parser.parse_args(argv)
     mapping = load_mapping("hubspot-pingcode")
-    hubspot, pingcode = HubSpotEmulator(SEED), PingCodeEmulator(SEED)
-    hubspot.start()
-    pingcode.start()
-    emulators = {"hubspot": hubspot, "pingcode": pingcode}
-    recorder = Recorder(emulators)
-    for emulator in emulators.values():
-        emulator.latency_s = args.latency_ms / 1000
-    try:
+    with HubSpotEmulator(SEED) as hubspot, PingCodeEmulator(SEED) as pingcode:
+        emulators = {"hubspot": hubspot, "pingcode": pingcode}
+        recorder = Recorder(emulators)
+        for emulator in emulators.values():
+            emulator.latency_s = args.latency_ms / 1000
         prepare(hubspot, pingcode, mapping, args.deals, args.new, args.keys)
         recorder.clear()
         _, summary = sync_once(hubspot, pingcode, mapping)
@@ -216,9 +213,6 @@ def main(argv: list[str] | None = None) -> None:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.profile)
             profile_text = out.getvalue()
-    finally:
-        hubspot.stop()
-        pingcode.stop()
     report(args, summary, calls, sync_s, replay_s, sync_server, replay_server)
     if profile_text:
         print("\ndealsync's own CPU in one sync (main thread; cProfile, by own time):")
